@@ -1,0 +1,152 @@
+"""Config -> objects. The one place where a composed config becomes tokenizer, data, model, trainer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_tokenizer(cfg: DictConfig) -> Any:
+    from lmlab.models import load_tokenizer
+
+    return load_tokenizer(cfg.model)
+
+
+def build_datamodule(cfg: DictConfig, tokenizer: Any, label_names: list[str] | None = None,
+                     splits: tuple[str, ...] = ("train", "validation", "test")) -> Any:
+    from lmlab.tasks import load_task
+
+    _, datamodule_cls = load_task(cfg.task.name)
+    return datamodule_cls(cfg.data, tokenizer, seed=int(cfg.seed), label_names=label_names, splits=splits)
+
+
+def check_max_length(cfg: DictConfig, model: Any) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.data.max_length > limit:
+        raise ConfigError([
+            f"data.max_length={cfg.data.max_length} is above the model's limit of {limit} positions "
+            f"(max_position_embeddings of {cfg.model.name_or_path or cfg.model.from_config.model_type}). "
+            f"Fix: data.max_length={limit} or less."
+        ])
+
+
+def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list[str] | None,
+                      weights: bool = True) -> Any:
+    """The task's LightningModule with a freshly loaded/built model (``config``: the plain run config)."""
+    from lmlab.tasks import load_task
+
+    module_cls, _ = load_task(cfg.task.name)
+    model = module_cls.build_model(cfg.model, label_names, weights=weights)
+    check_max_length(cfg, model)
+    return module_cls(model, config, label_names)
+
+
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    from lightning.pytorch.callbacks import ProgressBar
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress-bar callback when bars are off
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig, wandb_id: str | None) -> list[Any]:
+    from lmlab.loggers import start_wandb
+
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        extra = {"id": wandb_id} if logger_cfg.get("_target_") == "lmlab.loggers.wandb_logger" else {}
+        if extra and logger_cfg.get("name") is None:
+            extra["name"] = f"{cfg.task_name}/{cfg.paths.output_dir.rsplit('/', 1)[-1]}"
+        logger = instantiate(logger_cfg, **extra)
+        log.info("logger %s: %s", name, type(logger).__name__)
+        if extra:
+            start_wandb(logger)
+        loggers.append(logger)
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> Any:
+    from lmlab.checkpoints import AtomicCheckpointIO
+
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()], _convert_="object")
+
+
+GROUP_SECTIONS = {"debug": "trainer"}  # a group whose options write into another section
+OWN_KEYS = ("ckpt_path", "split", "output", "input", "overwrite")
+
+
+def config_from_checkpoint(saved: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The training run's config with this command's overrides applied on top.
+
+    A group override (``data=mrpc``) replaces that whole section with the newly composed one; a key
+    override (``data.files.test=x.tsv``) takes the composed value of that key, so types and
+    interpolations are those Hydra resolved.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    run_cfg = OmegaConf.create(saved)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key in OWN_KEYS or key.startswith("hydra") or key == "experiment":
+            continue
+        section = GROUP_SECTIONS.get(key, key)
+        if "." not in key and section in cfg and OmegaConf.is_dict(cfg[section]):
+            run_cfg[section] = OmegaConf.to_container(cfg[section], resolve=True)
+        else:
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    for key in OWN_KEYS:
+        if key in cfg:
+            run_cfg[key] = cfg[key]
+    return run_cfg
+
+
+def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, Any, DictConfig, dict[str, Any]]:
+    """(module with the checkpoint's weights, datamodule, tokenizer, run config, checkpoint metadata)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab.checkpoints import load_checkpoint, lmlab_metadata
+    from lmlab.errors import CheckpointError
+
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    checkpoint = load_checkpoint(path)
+    meta = lmlab_metadata(checkpoint, path)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    run_cfg = config_from_checkpoint(meta["config"], cfg, overrides)
+    tokenizer = build_tokenizer(run_cfg)
+    module = build_task_module(run_cfg, meta["config"], meta.get("label_names"), weights=False)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit the model built from its config ({str(e).splitlines()[0]} ...). "
+            "Fix: evaluate with the model/tokenizer config the checkpoint was trained with (do not override "
+            "model.*), or retrain."
+        ) from e
+    datamodule = build_datamodule(run_cfg, tokenizer, label_names=meta.get("label_names"), splits=splits)
+    return module, datamodule, tokenizer, run_cfg, meta
+
+
+def build_eval_trainer(run_cfg: DictConfig, output_dir: str) -> Any:
+    """A bare Trainer for scoring/prediction on the run's accelerator (no loggers, no checkpoints)."""
+    import lightning as L
+
+    t = run_cfg.trainer
+    return L.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=bool(t.enable_progress_bar),
+                     enable_model_summary=False, default_root_dir=output_dir,
+                     limit_test_batches=t.limit_test_batches, limit_val_batches=t.limit_val_batches,
+                     limit_predict_batches=t.limit_predict_batches)

@@ -1,0 +1,86 @@
+"""Checkpoints: durable writes, safe reads, and rebuilding a task from one.
+
+Writes go to a temp file in the same directory, are fsynced, then renamed over the target: a crash
+mid-write never replaces a good checkpoint. Reads use ``torch.load(weights_only=True)``: a checkpoint that
+needs arbitrary pickled objects (a possible code-execution payload) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lmlab.errors import CheckpointError
+
+
+def _good_checkpoints_near(path: Path) -> list[str]:
+    folder = path.parent
+    return sorted(p.name for p in folder.glob("*.ckpt") if p != path) if folder.is_dir() else []
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; every failure names the file and the other checkpoints beside it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        others = _good_checkpoints_near(path)
+        hint = f" Checkpoints in {path.parent}: {others}." if others else ""
+        raise CheckpointError(f"Checkpoint {path} does not exist.{hint} Fix: ckpt_path=<an existing .ckpt>.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"Refusing to load {path}: it contains pickled objects that are not plain tensors/containers "
+            f"(torch.load weights_only=True rejected it: {str(e).splitlines()[0]}). Loading it could run "
+            "arbitrary code. Fix: only load checkpoints written by lmlab/Lightning from a trusted source."
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        others = _good_checkpoints_near(path)
+        hint = f" Other checkpoints in {path.parent}: {others}." if others else ""
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0]}).{hint} "
+            "Fix: use another checkpoint (e.g. last.ckpt or best.ckpt of the same run)."
+        ) from e
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO with fsync + atomic rename on save and weights_only loading."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def lmlab_metadata(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    meta = checkpoint.get("lmlab")
+    if not meta or "config" not in meta:
+        raise CheckpointError(
+            f"{path} is not an lmlab checkpoint (no 'lmlab' metadata with the run config). Fix: give a "
+            "checkpoint from an lmlab run dir (RUN_DIR/checkpoints/best.ckpt), or use the run's export/ "
+            "folder as model.name_or_path."
+        )
+    return meta

@@ -1,0 +1,1 @@
+"""Config layer: locating the tree, schemas, resolvers and validation. Never imports torch."""

@@ -1,0 +1,168 @@
+"""Typed schemas for the config tree, registered in Hydra's ConfigStore.
+
+Every YAML option of a group lists its schema first in its defaults list, so a typo'd key or a value of
+the wrong type fails while Hydra composes the config, before any heavy import. Documentation of each
+key lives next to its default in the YAML files; the schema only fixes names and types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    monitor: str = MISSING
+    monitor_mode: str = "max"
+    per_class_report: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None
+    from_config: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    init_from: str | None = None
+    train_mode: bool = True
+
+
+@dataclass
+class DataFiles:
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+
+
+@dataclass
+class HubDataset:
+    path: str | None = None
+    name: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = None
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    files: DataFiles = field(default_factory=DataFiles)
+    hub: HubDataset = field(default_factory=HubDataset)
+    format: str = "auto"
+    encoding: str = "utf-8"
+    quoting: str = "minimal"
+    has_header: bool = True
+    column_names: list[str] | None = None
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    group_by_length: bool = True
+    limit_train_samples: int | None = None
+    limit_val_samples: int | None = None
+    limit_test_samples: int | None = None
+    cache_dir: str = MISSING
+    use_cache: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    no_weight_decay: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: bool | None = None
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = 0.0
+    nesterov: bool = False
+    dampening: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    """The lightning.pytorch.Trainer arguments lmlab exposes (a typo'd one fails at compose time)."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    strategy: Any = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    max_steps: int = -1
+    max_time: str | None = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int = 2
+    log_every_n_steps: int = 50
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    profiler: Any = None
+    detect_anomaly: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    enable_checkpointing: bool = True
+    use_distributed_sampler: bool = True
+    sync_batchnorm: bool = False
+    inference_mode: bool = True
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_root: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+def register() -> None:
+    """Register every schema (idempotent; cheap: dataclasses only)."""
+    cs = ConfigStore.instance()
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)

@@ -1,0 +1,1 @@
+"""Data: one datamodule base (load, cached tokenization, collate, sampling) and per-task processors."""

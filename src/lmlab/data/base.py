@@ -1,0 +1,214 @@
+"""TextDataModule: the data machinery every task shares.
+
+Load each split (local file or hub), check it, tokenize it once into an on-disk cache keyed by the data
+files + tokenizer + max_length + processing options, and serve it with dynamic padding and length-grouped
+batches. A task subclass says only which columns it reads and how a batch of rows is encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from lmlab.data.loading import load_split, require_columns, resolve_file
+from lmlab.data.sampling import LengthGroupedSampler, PadCollator, by_length
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the cached layout or encoding logic changes
+HASH_FULL_FILE_BYTES = 64 * 1024 * 1024
+SPLITS = ("train", "validation", "test")  # plus "predict", set up by `lmlab predict`
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash for ordinary files; size + mtime for very large ones (hashing 1 GB costs seconds)."""
+    stat = path.stat()
+    if stat.st_size > HASH_FULL_FILE_BYTES:
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of everything that changes token ids: vocab/merges/normalizer (fast tokenizers) + settings."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
+    return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
+
+
+class TextDataModule(L.LightningDataModule):
+    """Shared base; subclasses implement ``columns`` and ``encode`` (and may extend ``pad_values``)."""
+
+    task_name = "text"
+
+    def __init__(self, data_cfg: DictConfig, tokenizer: Any, seed: int = 0, label_names: list[str] | None = None,
+                 splits: tuple[str, ...] = SPLITS):
+        super().__init__()
+        self.cfg = data_cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.label_names = list(label_names) if label_names is not None else None
+        self.splits = tuple(s for s in splits if resolve_file(data_cfg, s) is not None or
+                            (data_cfg.hub.path and data_cfg.hub.get(f"{s}_split")))
+        self.datasets: dict[str, Any] = {}
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.cache_hits: dict[str, bool] = {}
+
+    # -- what a task defines ------------------------------------------------------------------------
+    def columns(self, split: str) -> list[str]:
+        """Raw columns ``encode`` reads for this split."""
+        raise NotImplementedError
+
+    def discover_labels(self, train: Any) -> list[str] | None:
+        """Label names from the training split (None for tasks without labels)."""
+        return None
+
+    def check_split(self, ds: Any, split: str, source: str) -> None:
+        """Task-specific checks of a raw split (e.g. labels unseen in train)."""
+
+    def encode(self, batch: dict[str, list[Any]], split: str) -> dict[str, list[Any]]:
+        """Tokenize a batch of raw rows; must return a ``length`` column (tokens per example)."""
+        raise NotImplementedError
+
+    def pad_values(self) -> dict[str, int]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return {"input_ids": pad, "attention_mask": 0, "token_type_ids": 0}
+
+    # -- caching ------------------------------------------------------------------------------------
+    def _limit(self, split: str) -> int | None:
+        return {"train": self.cfg.limit_train_samples, "validation": self.cfg.limit_val_samples,
+                "test": self.cfg.limit_test_samples}.get(split)
+
+    def _cache_key(self, split: str) -> str:
+        path = resolve_file(self.cfg, split)
+        source = file_fingerprint(path) if path is not None and path.exists() else f"hub:{self.cfg.hub.path}"
+        options = OmegaConf.to_container(self.cfg, resolve=True)
+        for volatile in ("root", "files", "cache_dir", "use_cache", "batch_size", "eval_batch_size",
+                         "num_workers", "group_by_length", "name"):
+            options.pop(volatile, None)
+        key = json.dumps({"format": CACHE_FORMAT, "task": self.task_name, "split": split, "source": source,
+                          "tokenizer": tokenizer_fingerprint(self.tokenizer), "options": options,
+                          "labels": self.label_names, "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+    def _cache_path(self, split: str) -> Path:
+        return Path(str(self.cfg.cache_dir)) / self.task_name / f"{split}-{self._cache_key(split)}"
+
+    def _build_split(self, split: str) -> tuple[Any, dict[str, Any]]:
+        raw, source = load_split(self.cfg, split, self._raw_cache_dir())
+        require_columns(raw, self.columns(split), source, split)
+        self.check_split(raw, split, source)
+        limit = self._limit(split)
+        total = len(raw)
+        if limit is not None and limit < total:
+            raw = (raw.shuffle(seed=self.seed) if split == "train" else raw).select(range(limit))
+        encoded = raw.map(lambda b: self.encode(b, split), batched=True, batch_size=1000,
+                          remove_columns=raw.column_names, desc=f"tokenize {split}",
+                          keep_in_memory=True, new_fingerprint=self._cache_key(split))
+        lengths = encoded["length"]
+        truncated = sum(1 for n in encoded["untruncated_length"] if n > self.cfg.max_length)
+        encoded = encoded.remove_columns(["untruncated_length"])
+        stats = {"source": source, "rows": len(encoded), "rows_in_file": total, "truncated": truncated,
+                 "max_tokens": max(lengths), "mean_tokens": sum(lengths) / len(lengths),
+                 "label_names": self.label_names}
+        return encoded, stats
+
+    def _raw_cache_dir(self) -> str:
+        return str(Path(str(self.cfg.cache_dir)).parent / "hf_datasets")
+
+    def _load_or_build(self, split: str) -> None:
+        import datasets
+
+        if split in self.datasets:
+            return
+        path = self._cache_path(split)
+        meta_file = path / "lmlab_meta.json"
+        if self.cfg.use_cache and meta_file.is_file():
+            self.datasets[split] = datasets.load_from_disk(str(path))
+            self.stats[split] = json.loads(meta_file.read_text())
+            self.cache_hits[split] = True
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):  # DDP ranks and parallel jobs build each split once
+            if self.cfg.use_cache and meta_file.is_file():
+                return self._load_or_build(split)
+            encoded, stats = self._build_split(split)
+            self.cache_hits[split] = False
+            if self.cfg.use_cache:
+                tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                encoded.save_to_disk(str(tmp))
+                (tmp / "lmlab_meta.json").write_text(json.dumps(stats, indent=1))
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
+                encoded = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
+            self.datasets[split] = encoded
+            self.stats[split] = stats
+
+    def _report(self, split: str) -> None:
+        s = self.stats[split]
+        hit = "cache hit" if self.cache_hits.get(split) else "tokenized"
+        limited = f" (first {s['rows']} of {s['rows_in_file']}, data.limit_*_samples)" if s["rows"] < s["rows_in_file"] else ""
+        log.info("data %s: %d rows%s from %s [%s], mean %.1f / max %d tokens", split, s["rows"], limited,
+                 s["source"], hit, s["mean_tokens"], s["max_tokens"])
+        if s["truncated"]:
+            log.warning(
+                "data %s: %d of %d texts in %s are longer than data.max_length=%d tokens and were truncated. "
+                "Raise data.max_length to keep them whole.", split, s["truncated"], s["rows"], s["source"],
+                self.cfg.max_length)
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Tokenize (or load from cache) every configured split. Safe to call on every rank."""
+        if self.label_names is None and "train" in self.splits:
+            raw, source = load_split(self.cfg, "train", self._raw_cache_dir())
+            require_columns(raw, self.columns("train"), source, "train")
+            self.label_names = self.discover_labels(raw)
+        for split in self.splits:
+            if split not in self.datasets:
+                self._load_or_build(split)
+                self._report(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        lengths = ds["length"]
+        ds = ds.remove_columns(["length"])
+        if train:
+            sampler: Any = LengthGroupedSampler(lengths, self.cfg.batch_size, self.seed,
+                                                group=self.cfg.group_by_length)
+        else:
+            sampler = by_length(lengths) if self.cfg.group_by_length else None
+        return DataLoader(ds, batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
+                          sampler=sampler, collate_fn=PadCollator(self.pad_values(), self.tokenizer.padding_side),
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", train=False)
+
+    def eval_order(self, split: str) -> list[int]:
+        """Row order in which the eval/predict loader of ``split`` yields examples."""
+        lengths = self.datasets[split]["length"]
+        return by_length(lengths) if self.cfg.group_by_length else list(range(len(lengths)))

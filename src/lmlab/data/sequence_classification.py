@@ -1,0 +1,76 @@
+"""Sequence classification data: one text (or a text pair) and a label per row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlab.data.base import TextDataModule
+from lmlab.errors import DataError
+
+
+def _label_key(value: Any) -> tuple[int, Any]:
+    """Sort numeric labels numerically (2 < 10) and others alphabetically."""
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))
+
+
+class SequenceClassificationDataModule(TextDataModule):
+    task_name = "sequence_classification"
+
+    def has_labels(self, split: str) -> bool:
+        return split != "predict"
+
+    def columns(self, split: str) -> list[str]:
+        cols = [self.cfg.text_column]
+        if self.cfg.text_pair_column:
+            cols.append(self.cfg.text_pair_column)
+        if self.has_labels(split):
+            cols.append(self.cfg.label_column)
+        return cols
+
+    def discover_labels(self, train: Any) -> list[str]:
+        values = train[self.cfg.label_column]
+        missing = [i for i, v in enumerate(values) if v is None or v == ""]
+        if missing:
+            raise DataError(
+                f"The train data has {len(missing)} row(s) without a label in column {self.cfg.label_column!r} "
+                f"(first at data row {missing[0] + 1}). Fix: remove or label those rows."
+            )
+        names = [str(v) for v in sorted(set(values), key=_label_key)]
+        if len(names) < 2:
+            raise DataError(
+                f"The train data has a single label value {names} in column {self.cfg.label_column!r}; "
+                "classification needs at least two. Fix: check data.label_column."
+            )
+        return names
+
+    def check_split(self, ds: Any, split: str, source: str) -> None:
+        if not self.has_labels(split) or self.label_names is None:
+            return
+        known = set(self.label_names)
+        unseen = sorted({str(v) for v in ds[self.cfg.label_column]} - known, key=_label_key)
+        if unseen:
+            raise DataError(
+                f"The {split} data {source} has label value(s) {unseen[:10]} in column "
+                f"{self.cfg.label_column!r} that never occur in the training data (known: {self.label_names[:20]}). "
+                "Fix: correct those labels, add training examples for them, or drop those rows."
+            )
+
+    def encode(self, batch: dict[str, list[Any]], split: str) -> dict[str, list[Any]]:
+        texts = ["" if t is None else str(t) for t in batch[self.cfg.text_column]]
+        pairs = None
+        if self.cfg.text_pair_column:
+            pairs = ["" if t is None else str(t) for t in batch[self.cfg.text_pair_column]]
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.cfg.max_length)
+        # Untruncated token counts, only to report how many texts max_length cut.
+        full = self.tokenizer(texts, pairs, truncation=False, return_attention_mask=False,
+                              return_token_type_ids=False, verbose=False)
+        out: dict[str, list[Any]] = dict(enc)
+        out["length"] = [len(ids) for ids in enc["input_ids"]]
+        out["untruncated_length"] = [len(ids) for ids in full["input_ids"]]
+        if self.has_labels(split):
+            index = {name: i for i, name in enumerate(self.label_names or [])}
+            out["labels"] = [index[str(v)] for v in batch[self.cfg.label_column]]
+        return out

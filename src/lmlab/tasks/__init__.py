@@ -1,0 +1,25 @@
+"""One LightningModule per task over a small shared base; TASKS maps task.name to (module, datamodule)."""
+
+from __future__ import annotations
+
+TASKS = {
+    "sequence_classification": (
+        "lmlab.tasks.sequence_classification:SequenceClassificationTask",
+        "lmlab.data.sequence_classification:SequenceClassificationDataModule",
+    ),
+}
+
+
+def load_task(name: str) -> tuple[type, type]:
+    """The (LightningModule class, LightningDataModule class) of a task name."""
+    import importlib
+
+    from lmlab.errors import ConfigError
+
+    if name not in TASKS:
+        raise ConfigError([f"task.name={name!r} is not a known task. Valid: {', '.join(TASKS)}."])
+    classes = []
+    for path in TASKS[name]:
+        module, _, attr = path.partition(":")
+        classes.append(getattr(importlib.import_module(module), attr))
+    return classes[0], classes[1]

@@ -1,0 +1,73 @@
+"""TaskModule: what every task's LightningModule shares (optimizer, scheduler, train mode, checkpoint
+metadata). A task adds its model head, steps and metrics; nothing else is inherited."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "lmlab"
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay: list[str]) -> list[dict[str, Any]]:
+    """Two groups: decayed weights, and biases/norm weights (names matching ``no_decay``) without decay."""
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (plain if any(p in name for p in no_decay) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> Any:
+    """transformers' warmup schedules; total steps come from the trainer, warmup from the config."""
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup"}.get(cfg.name, cfg.name)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+class TaskModule(L.LightningModule):
+    """Shared base of every task module. ``config`` is the plain resolved run config, stored in checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], label_names: list[str] | None = None):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.label_names = label_names
+        self.run_info: dict[str, Any] = {}  # e.g. W&B run id, written into every checkpoint
+
+    # -- optimization ------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = OmegaConf.create(self.config["optimizer"])
+        no_decay = list(opt_cfg.pop("no_weight_decay", []))
+        groups = parameter_groups(self, float(opt_cfg.weight_decay), no_decay)
+        if opt_cfg.get("fused") and not torch.cuda.is_available():
+            opt_cfg.fused = None  # the fused kernels are CUDA-only
+        optimizer = instantiate(opt_cfg)(groups)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, OmegaConf.create(self.config["scheduler"]), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # from_pretrained returns the model in eval mode and Lightning keeps the mode it finds: without
+        # this, dropout silently stays off during fine-tuning.
+        if self.config["model"].get("train_mode", True):
+            self.model.train()
+
+    # -- checkpoint metadata ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "label_names": self.label_names,
+                                      "task": self.config["task"]["name"], **self.run_info}
+
+    def log_metrics(self, metrics: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        self.log_dict(metrics, sync_dist=True, **kwargs)

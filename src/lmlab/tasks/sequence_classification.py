@@ -1,0 +1,104 @@
+"""Sequence classification: a transformer encoder with a classification head.
+
+Metrics (torchmetrics, streamed: only counts are kept, never logits): accuracy, macro-F1, MCC, plus the
+positive-class F1 for binary tasks (GLUE's F1 for MRPC/QQP) and a per-class report at test time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassMatthewsCorrCoef,
+    MulticlassStatScores,
+)
+
+from lmlab.tasks.base import TaskModule
+
+
+def _metrics(num_labels: int) -> MetricCollection:
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_labels, average="micro"),
+        "f1": MulticlassF1Score(num_labels, average="macro"),
+        "mcc": MulticlassMatthewsCorrCoef(num_labels),
+        "stats": MulticlassStatScores(num_labels, average=None),  # (num_labels, 5): tp, fp, tn, fn, support
+    })
+
+
+def per_class_report(stats: torch.Tensor, label_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision/recall/F1/support per class from a (num_labels, 5) stat-scores tensor."""
+    report = {}
+    for name, (tp, fp, _tn, fn, support) in zip(label_names, stats.tolist(), strict=True):
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(support)}
+    return report
+
+
+class SequenceClassificationTask(TaskModule):
+    @staticmethod
+    def build_model(model_cfg: Any, label_names: list[str], weights: bool = True) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        from lmlab.models import build_model
+
+        return build_model(model_cfg, AutoModelForSequenceClassification, weights, num_labels=len(label_names),
+                           id2label=dict(enumerate(label_names)),
+                           label2id={name: i for i, name in enumerate(label_names)})
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], label_names: list[str]):
+        super().__init__(model, config, label_names)
+        n = len(label_names)
+        self.train_acc = MulticlassAccuracy(n, average="micro")
+        self.val_metrics = _metrics(n)
+        self.test_metrics = _metrics(n)
+        self.class_report: dict[str, dict[str, float]] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self(batch)  # logits: (batch, num_labels)
+        self.train_acc(out.logits.argmax(-1), batch["labels"])
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
+        return out.loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str, metrics: MetricCollection) -> None:
+        out = self(batch)
+        metrics.update(out.logits.argmax(-1), batch["labels"])
+        self.log(f"{prefix}/loss", out.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["labels"]))
+
+    def _log_epoch(self, prefix: str, metrics: MetricCollection) -> dict[str, Any]:
+        values = metrics.compute()  # synced across ranks by torchmetrics
+        metrics.reset()
+        stats = values.pop("stats")
+        if len(self.label_names) == 2:
+            values["f1_pos"] = torch.tensor(per_class_report(stats, self.label_names)[self.label_names[1]]["f1"])
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, prog_bar=prefix == "val")
+        return {"stats": stats}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        stats = self._log_epoch("test", self.test_metrics)["stats"]
+        if self.config["task"].get("per_class_report", True):
+            self.class_report = per_class_report(stats, self.label_names)
+            for name, row in self.class_report.items():
+                self.log_dict({f"test/class/{name}/{k}": float(v) for k, v in row.items() if k != "support"})
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        return torch.softmax(self(batch).logits.float(), dim=-1)  # (batch, num_labels)

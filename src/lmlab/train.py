@@ -1,0 +1,160 @@
+"""`lmlab train`: compose -> build -> fit -> test -> export, everything recorded in the run dir."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lmlab.app import run_app
+from lmlab.errors import RunDirError
+
+log = logging.getLogger("lmlab.train")
+
+
+def resolve_resume(resume: str | None, run_path: Path) -> tuple[str | None, bool]:
+    """(checkpoint to resume from, whether it continues in this same run dir)."""
+    if resume is None:
+        return None, False
+    target = Path(str(resume)).expanduser()
+    if target.is_dir():
+        ckpt = target / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            found = sorted(p.name for p in (target / "checkpoints").glob("*.ckpt")) if (target / "checkpoints").is_dir() else []
+            raise RunDirError(
+                f"resume={target}: no checkpoints/last.ckpt in that run dir (found: {found or 'none'}); the run "
+                "stopped before its first checkpoint. Fix: start a new run, or resume=<a .ckpt file>."
+            )
+        return str(ckpt), target.resolve() == run_path.resolve()
+    if target.is_file():
+        return str(target), False
+    raise RunDirError(f"resume={target}: no such run dir or checkpoint file. Fix: resume=<RUN_DIR or a .ckpt>.")
+
+
+def _final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _best_checkpoint(trainer: Any) -> dict[str, Any]:
+    cb = trainer.checkpoint_callback
+    if cb is None or not cb.best_model_path:
+        return {}
+    return {"path": cb.best_model_path, "monitor": cb.monitor,
+            "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
+
+
+def export_pretrained(module: Any, tokenizer: Any, best: dict[str, Any], out_dir: Path) -> Path:
+    """save_pretrained of the best weights + tokenizer + label map, loadable without lmlab."""
+    import json
+
+    from lmlab.checkpoints import load_checkpoint
+
+    if best.get("path"):
+        module.load_state_dict(load_checkpoint(best["path"])["state_dict"])
+    module.model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if module.label_names is not None:
+        (out_dir / "labels.json").write_text(json.dumps(module.label_names, indent=1) + "\n")
+    return out_dir
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns the metrics written to metrics.json."""
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab.builders import (
+        build_callbacks,
+        build_datamodule,
+        build_loggers,
+        build_task_module,
+        build_tokenizer,
+        build_trainer,
+    )
+    from lmlab.app import use_hydra_logging
+    from lmlab.loggers import finish_loggers
+    from lmlab.run_dir import RunDir, plain_config
+
+    use_hydra_logging()
+    started = time.time()
+    run = RunDir(cfg.paths.output_dir)
+    resume_ckpt, same_dir = resolve_resume(cfg.resume, run.path)
+    run.ensure_writable()
+    if not same_dir:
+        run.ensure_fresh()
+    wandb_id = run.read_meta().get("wandb_id") or secrets.token_hex(4)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    run.start(cfg, command="lmlab train " + shlex.join(sys.argv[1:]), overrides=overrides,
+              resumed=resume_ckpt is not None)
+    run.update_meta(wandb_id=wandb_id)
+    config = plain_config(cfg)
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer = build_tokenizer(cfg)
+    datamodule = build_datamodule(cfg, tokenizer)
+    datamodule.prepare_data()
+    module = build_task_module(cfg, config, datamodule.label_names)
+    module.run_info = {"wandb_run_id": wandb_id, "run_dir": str(run.path)}
+    loggers = build_loggers(cfg, wandb_id)
+    trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    run.update_meta(world_size=trainer.world_size, data=datamodule.stats,
+                    label_names=datamodule.label_names, resumed_from=resume_ckpt)
+
+    failed, error = True, None
+    try:
+        metrics: dict[str, Any] = {"task": cfg.task.name, "label_names": datamodule.label_names}
+        if cfg.train:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
+            best = _best_checkpoint(trainer)
+            metrics.update(best_checkpoint=best, epoch=trainer.current_epoch, global_step=trainer.global_step)
+            if trainer.state.stopped and trainer.interrupted:
+                raise KeyboardInterrupt
+            metrics["train"] = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
+                                if k.startswith("train/")}
+            if best:
+                metrics["val"] = _final_metrics(trainer.validate(module, datamodule=datamodule,
+                                                                 ckpt_path=best["path"], verbose=False))
+        else:
+            best = {}
+        if cfg.test and "test" in datamodule.splits:
+            metrics["test"] = _final_metrics(trainer.test(module, datamodule=datamodule,
+                                                          ckpt_path=best.get("path"), verbose=False))
+            if getattr(module, "class_report", None):
+                metrics["test_per_class"] = module.class_report
+        if cfg.export and cfg.train and run.write:
+            metrics["export"] = str(export_pretrained(module, tokenizer, best, run.path / "export"))
+        metrics["wall_time_s"] = round(time.time() - started, 2)
+        run.write_metrics(metrics)
+        failed = False
+        _print_summary(run.path, metrics)
+        return metrics
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        finish_loggers(loggers, failed)
+        run.finish("failed" if failed else "completed", error=error)
+
+
+def _print_summary(run_path: Path, metrics: dict[str, Any]) -> None:
+    parts = [f"{split}/{k}={v:.4f}" for split in ("val", "test") for k, v in metrics.get(split, {}).items()
+             if not k.startswith(f"{split}/class/")]
+    log.info("run dir: %s", run_path)
+    if parts:
+        log.info("final: %s", "  ".join(p.replace(f"{p.split('/')[0]}/{p.split('/')[0]}/", f"{p.split('/')[0]}/") for p in parts))
+
+
+def main() -> None:
+    run_app("train", train)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,34 @@ def _child_rank_overrides() -> list[str]:
     return ["hydra/job_logging=stdout"] if _is_child_rank() else []
 
 
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def _resume_overrides(args: list[str]) -> list[str]:
+    """`resume=RUN_DIR` continues that run: its saved overrides first, then the new ones, same dir.
+
+    The original .hydra/ files are kept; this job's go to .hydra/resume-<time>/.
+    """
+    import time
+    from pathlib import Path
+
+    value = next((a.split("=", 1)[1] for a in args if _override_key(a) == "resume" and "=" in a), None)
+    if not value or value == "null" or "-m" in args or "--multirun" in args:
+        return args
+    run_dir = Path(value).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        return args  # a .ckpt file, or not a run dir: train() reports what is wrong
+    from omegaconf import OmegaConf
+
+    given = {_override_key(a) for a in args if "=" in a}
+    previous = [o for o in OmegaConf.load(saved) if _override_key(o) not in given
+                and _override_key(o) != "resume" and not _override_key(o).startswith("hydra")]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return [*previous, *args, f"hydra.run.dir=\"{run_dir}\"", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
 def _report(error: BaseException) -> None:
     """Print the message once on stderr and keep a copy in the job's log file."""
     message = f"lmlab: error: {error}"
@@ -57,6 +85,8 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
 
     schema.register()
     resolvers.register()
+    if not _is_child_rank():
+        sys.argv[1:] = _resume_overrides(sys.argv[1:])
     sys.argv.extend(_child_rank_overrides())
 
     def job(cfg: Any) -> Any:
@@ -74,5 +104,6 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
                 raise  # the sweep records it and moves on
             raise SystemExit(error.exit_code) from None
 
-    job.__name__ = config_name  # Hydra names the job (and its log file) after the task function
+    # Hydra names the job (and its log file, train.log) after the task function's module.
+    job.__module__ = f"lmlab.{config_name}"
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)()

@@ -61,3 +61,37 @@ def finish_loggers(loggers: list[Any], failed: bool) -> None:
                 logger._experiment.finish(exit_code=1 if failed else 0)
         except Exception as e:  # never let logging teardown hide the run's own result
             log.warning("Closing logger %s failed: %s", type(logger).__name__, e)
+
+
+def _csv_logger_classes() -> tuple[type, type]:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class AppendingWriter(ExperimentWriter):
+        """Keeps an existing metrics.csv (Lightning's writer deletes it) and appends to it."""
+
+        def _check_log_dir_exists(self) -> None:
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    class ResumableCSVLogger(CSVLogger):
+        """CSVLogger whose resumed runs append to RUN_DIR/logs/metrics.csv instead of erasing it."""
+
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> Any:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingWriter, ResumableCSVLogger
+
+
+def csv_logger(**kwargs: Any) -> Any:
+    """Config target for logger=csv (see ResumableCSVLogger)."""
+    return _csv_logger_classes()[1](**kwargs)

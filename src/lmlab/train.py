@@ -66,17 +66,8 @@ def export_pretrained(module: Any, tokenizer: Any, best: dict[str, Any], out_dir
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns the metrics written to metrics.json."""
-    import lightning as L
     from hydra.core.hydra_config import HydraConfig
 
-    from lmlab.builders import (
-        build_callbacks,
-        build_datamodule,
-        build_loggers,
-        build_task_module,
-        build_tokenizer,
-        build_trainer,
-    )
     from lmlab.app import use_hydra_logging
     from lmlab.loggers import finish_loggers
     from lmlab.run_dir import RunDir, plain_config
@@ -94,43 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
               resumed=resume_ckpt is not None)
     run.update_meta(wandb_id=wandb_id)
     config = plain_config(cfg)
-
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    tokenizer = build_tokenizer(cfg)
-    datamodule = build_datamodule(cfg, tokenizer)
-    datamodule.prepare_data()
-    module = build_task_module(cfg, config, datamodule.label_names)
-    module.run_info = {"wandb_run_id": wandb_id, "run_dir": str(run.path)}
-    loggers = build_loggers(cfg, wandb_id)
-    trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
-    for logger in loggers:
-        logger.log_hyperparams(config)
-    run.update_meta(world_size=trainer.world_size, data=datamodule.stats,
-                    label_names=datamodule.label_names, resumed_from=resume_ckpt)
-
+    loggers: list[Any] = []
     failed, error = True, None
     try:
-        metrics: dict[str, Any] = {"task": cfg.task.name, "label_names": datamodule.label_names}
-        if cfg.train:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
-            best = _best_checkpoint(trainer)
-            metrics.update(best_checkpoint=best, epoch=trainer.current_epoch, global_step=trainer.global_step)
-            if trainer.state.stopped and trainer.interrupted:
-                raise KeyboardInterrupt
-            metrics["train"] = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
-                                if k.startswith("train/")}
-            if best:
-                metrics["val"] = _final_metrics(trainer.validate(module, datamodule=datamodule,
-                                                                 ckpt_path=best["path"], verbose=False))
-        else:
-            best = {}
-        if cfg.test and "test" in datamodule.splits:
-            metrics["test"] = _final_metrics(trainer.test(module, datamodule=datamodule,
-                                                          ckpt_path=best.get("path"), verbose=False))
-            if getattr(module, "class_report", None):
-                metrics["test_per_class"] = module.class_report
-        if cfg.export and cfg.train and run.write:
-            metrics["export"] = str(export_pretrained(module, tokenizer, best, run.path / "export"))
+        metrics = _fit_test_export(cfg, config, run, resume_ckpt, wandb_id, loggers)
         metrics["wall_time_s"] = round(time.time() - started, 2)
         run.write_metrics(metrics)
         failed = False
@@ -144,12 +102,62 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run.finish("failed" if failed else "completed", error=error)
 
 
+def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_ckpt: str | None,
+                     wandb_id: str, loggers: list[Any]) -> dict[str, Any]:
+    """Build everything from the config, fit, test the best checkpoint, export it. ``loggers`` is filled
+    in place so the caller can close them whatever happens."""
+    import lightning as L
+
+    from lmlab.builders import (
+        build_callbacks,
+        build_datamodule,
+        build_loggers,
+        build_task_module,
+        build_tokenizer,
+        build_trainer,
+    )
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tokenizer = build_tokenizer(cfg)
+    datamodule = build_datamodule(cfg, tokenizer)
+    datamodule.prepare_data()
+    module = build_task_module(cfg, config, datamodule.label_names)
+    module.run_info = {"wandb_run_id": wandb_id, "run_dir": str(run.path)}
+    loggers.extend(build_loggers(cfg, wandb_id))
+    trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    run.update_meta(world_size=trainer.world_size, data=datamodule.stats,
+                    label_names=datamodule.label_names, resumed_from=resume_ckpt)
+
+    metrics: dict[str, Any] = {"task": cfg.task.name, "label_names": datamodule.label_names}
+    best: dict[str, Any] = {}
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training was interrupted")
+        best = _best_checkpoint(trainer)
+        metrics.update(best_checkpoint=best, epoch=trainer.current_epoch, global_step=trainer.global_step)
+        metrics["train"] = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
+                            if k.startswith("train/")}
+        if best:
+            metrics["val"] = _final_metrics(trainer.validate(module, datamodule=datamodule,
+                                                             ckpt_path=best["path"], verbose=False))
+    if cfg.test and "test" in datamodule.splits:
+        metrics["test"] = _final_metrics(trainer.test(module, datamodule=datamodule,
+                                                      ckpt_path=best.get("path"), verbose=False))
+        if getattr(module, "class_report", None):
+            metrics["test_per_class"] = module.class_report
+    if cfg.export and cfg.train and run.write and not cfg.trainer.fast_dev_run:
+        metrics["export"] = str(export_pretrained(module, tokenizer, best, run.path / "export"))
+    return metrics
+
+
 def _print_summary(run_path: Path, metrics: dict[str, Any]) -> None:
-    parts = [f"{split}/{k}={v:.4f}" for split in ("val", "test") for k, v in metrics.get(split, {}).items()
-             if not k.startswith(f"{split}/class/")]
+    finals = {k: v for split in ("val", "test") for k, v in metrics.get(split, {}).items() if "/class/" not in k}
     log.info("run dir: %s", run_path)
-    if parts:
-        log.info("final: %s", "  ".join(p.replace(f"{p.split('/')[0]}/{p.split('/')[0]}/", f"{p.split('/')[0]}/") for p in parts))
+    if finals:
+        log.info("final: %s", "  ".join(f"{k}={v:.4f}" for k, v in finals.items()))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str | None = None
-    from_config: dict[str, Any] | None = None
+    from_config: Any = None  # a dict; typed Any because OmegaConf cannot assign a dict into an Optional[Dict] holding None
     tokenizer: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False

@@ -45,6 +45,10 @@ class TaskModule(L.LightningModule):
         self.config = config
         self.label_names = label_names
         self.run_info: dict[str, Any] = {}  # e.g. W&B run id, written into every checkpoint
+        # from_pretrained returns the model in eval mode and Lightning keeps the mode it finds: without
+        # this, dropout silently stays off during fine-tuning. (Validation switches to eval and back.)
+        if config["model"].get("train_mode", True):
+            self.model.train()
 
     # -- optimization ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -57,12 +61,6 @@ class TaskModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, OmegaConf.create(self.config["scheduler"]), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_train_start(self) -> None:
-        # from_pretrained returns the model in eval mode and Lightning keeps the mode it finds: without
-        # this, dropout silently stays off during fine-tuning.
-        if self.config["model"].get("train_mode", True):
-            self.model.train()
 
     # -- checkpoint metadata ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,156 @@
+"""End to end through the real CLI on a tiny BERT and slices of real SST-2: train, resume, evaluate,
+predict, seeds, caching, overfitting. Each test asserts numbers or file contents."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import DATA_ROOT, cli_env, read_json, run_dirs, run_lmlab, tiny
+
+STEPS_PER_EPOCH = 128 // 16  # data.limit_train_samples / data.batch_size in TINY
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny 2-epoch run shared by the read-only tests below."""
+    cwd = tmp_path_factory.mktemp("trained")
+    run_lmlab("train", *tiny("trainer.max_epochs=2", "logger=[csv,tensorboard]"), cwd=cwd)
+    (run,) = run_dirs(cwd)
+    return run
+
+
+def test_fast_dev_run(workdir: Path):
+    run_lmlab("train", *tiny("debug=fast_dev_run"), cwd=workdir)
+    (run,) = run_dirs(workdir)
+    metrics = read_json(run / "metrics.json")
+    assert metrics["global_step"] == 1
+    assert set(metrics["test"]) >= {"test/acc", "test/f1", "test/mcc", "test/loss"}
+    assert read_json(run / "run.json")["status"] == "completed"
+
+
+def test_run_dir_holds_everything_needed_to_understand_the_run(trained: Path):
+    meta = read_json(trained / "run.json")
+    assert meta["status"] == "completed" and meta["seed"] == 42 and meta["world_size"] == 1
+    assert meta["packages"]["torch"] and meta["packages"]["lightning"] and meta["packages"]["transformers"]
+    assert "sha" in meta["git"] and meta["command"].startswith("lmlab train")
+    assert "trainer.max_epochs=2" in meta["overrides"]
+    assert meta["label_names"] == ["0", "1"]
+    assert meta["data"]["train"]["rows"] == 128 and meta["data"]["train"]["rows_in_file"] == 67349
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "config_resolved.yaml",
+                 "train.log", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv",
+                 "export/config.json", "export/model.safetensors", "export/tokenizer.json", "export/labels.json"):
+        assert (trained / name).is_file(), name
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    resolved = (trained / "config_resolved.yaml").read_text()
+    assert "${" not in resolved and "max_epochs: 2" in resolved
+    metrics = read_json(trained / "metrics.json")
+    assert metrics["global_step"] == 2 * STEPS_PER_EPOCH and metrics["epoch"] == 2
+    assert 0.0 <= metrics["val"]["val/acc"] <= 1.0
+    assert metrics["best_checkpoint"]["score"] == pytest.approx(metrics["val"]["val/acc"], abs=1e-6)
+    # Per-class report: support adds up to the test rows.
+    assert sum(row["support"] for row in metrics["test_per_class"].values()) == 64
+    with open(trained / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert max(int(r["step"]) for r in rows) >= 2 * STEPS_PER_EPOCH - 1
+
+
+def test_export_loads_with_plain_transformers(trained: Path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmlab.checkpoints import load_checkpoint
+
+    model = AutoModelForSequenceClassification.from_pretrained(trained / "export").eval()
+    tokenizer = AutoTokenizer.from_pretrained(trained / "export")
+    assert model.config.id2label == {0: "0", 1: "1"}
+    state = load_checkpoint(trained / "checkpoints" / "best.ckpt")["state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[f"model.{name}"]), name
+    assert tokenizer("a fine film")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_evaluate_reproduces_train_time_test_metrics(trained: Path):
+    proc = run_lmlab("evaluate", f"ckpt_path={trained}/checkpoints/best.ckpt", cwd=trained.parents[3])
+    train_test = read_json(trained / "metrics.json")["test"]
+    evaluated = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(evaluated) == set(train_test)
+    for key, value in train_test.items():
+        assert abs(evaluated[key] - value) < 1e-6, key
+
+
+def test_evaluate_on_another_split_and_file(trained: Path, tmp_path: Path):
+    proc = run_lmlab("evaluate", f"ckpt_path={trained}/checkpoints/best.ckpt", "split=validation",
+                     cwd=trained.parents[3])
+    evaluated = json.loads(proc.stdout.strip().splitlines()[-1])
+    val = read_json(trained / "metrics.json")["val"]
+    assert abs(evaluated["val/acc"] - val["val/acc"]) < 1e-6
+
+
+def test_predict_writes_one_line_per_row_in_input_order(trained: Path, tmp_path: Path):
+    rows = (DATA_ROOT / "sst2" / "dev.tsv").read_text().splitlines()[1:8]
+    sentences = [r.split("\t")[0] for r in rows]
+    (tmp_path / "in.tsv").write_text("sentence\n" + "\n".join(sentences) + "\n")
+    out = tmp_path / "out.jsonl"
+    run_lmlab("predict", f"ckpt_path={trained}/checkpoints/best.ckpt", f"input={tmp_path}/in.tsv",
+              f"output={out}", cwd=tmp_path)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["sentence"] for line in lines] == sentences
+    for line in lines:
+        assert set(line["probs"]) == {"0", "1"}
+        assert sum(line["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert line["label"] == max(line["probs"], key=line["probs"].get)
+    again = run_lmlab("predict", f"ckpt_path={trained}/checkpoints/best.ckpt", f"input={tmp_path}/in.tsv",
+                      f"output={out}", cwd=tmp_path, check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_resume_continues_the_same_run_dir_to_epoch_two(workdir: Path):
+    run_lmlab("train", *tiny(), cwd=workdir)
+    (run,) = run_dirs(workdir)
+    first = read_json(run / "metrics.json")
+    assert first["global_step"] == STEPS_PER_EPOCH and first["epoch"] == 1
+    wandb_id = read_json(run / "run.json")["wandb_id"]
+
+    run_lmlab("train", f"resume={run}", "trainer.max_epochs=2", cwd=workdir)
+    assert run_dirs(workdir) == [run], "resume must continue in the same run dir"
+    second = read_json(run / "metrics.json")
+    assert second["global_step"] == 2 * STEPS_PER_EPOCH and second["epoch"] == 2
+    meta = read_json(run / "run.json")
+    assert meta["resumed"] and len(meta["starts"]) == 2 and meta["wandb_id"] == wandb_id
+    assert meta["resumed_from"].endswith("checkpoints/last.ckpt")
+    assert list((run / ".hydra").glob("resume-*/overrides.yaml")), "the original .hydra files are kept"
+    # The resumed job took the original overrides (tiny model) without the user repeating them.
+    assert "model=tiny_bert" in (run / ".hydra" / "overrides.yaml").read_text()
+    with open(run / "logs" / "metrics.csv") as f:
+        val_steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("val/acc")}
+    # Validation rows of epoch 1 (before the resume) and epoch 2 (after it) are both in the file.
+    assert {STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1} <= val_steps
+
+
+def test_same_seed_twice_gives_identical_metrics_and_hits_the_cache(workdir: Path):
+    env = cli_env(LMLAB_CACHE_DIR=str(workdir / "cache"))
+    for _ in range(2):
+        run_lmlab("train", *tiny("seed=3", "export=false"), cwd=workdir, env=env)
+    first, second = run_dirs(workdir)
+    m1, m2 = read_json(first / "metrics.json"), read_json(second / "metrics.json")
+    assert m1["val"] == m2["val"] and m1["test"] == m2["test"] and m1["train"] == m2["train"]
+    assert "[tokenized]" in (first / "train.log").read_text()
+    log2 = (second / "train.log").read_text()
+    assert "[tokenized]" not in log2 and log2.count("[cache hit]") == 3
+    cached = sorted(p.name for p in (workdir / "cache" / "tokenized" / "sequence_classification").iterdir()
+                    if not p.name.endswith(".lock"))
+    assert len(cached) == 3 and {c.split("-")[0] for c in cached} == {"train", "validation", "test"}
+
+
+def test_overfit_tiny_model_reaches_full_train_accuracy(workdir: Path):
+    run_lmlab("train", *tiny("debug=overfit", "optimizer.lr=3e-3", "scheduler.warmup_ratio=0",
+                             "export=false", "test=false"), cwd=workdir)
+    (run,) = run_dirs(workdir)
+    metrics = read_json(run / "metrics.json")
+    assert metrics["global_step"] == 4 * 30
+    assert metrics["train"]["acc"] >= 0.98
+    assert metrics["train"]["loss"] < 0.1

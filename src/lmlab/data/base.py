@@ -41,7 +41,14 @@ def file_fingerprint(path: Path) -> str:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of everything that changes token ids: vocab/merges/normalizer (fast tokenizers) + settings."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Each call sets the backend's truncation/padding state; it is not part of the vocabulary.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        body = json.dumps(state, sort_keys=True)
+    else:
+        body = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
     return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
 

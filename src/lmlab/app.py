@@ -24,7 +24,7 @@ def _is_child_rank() -> bool:
 
 def _child_rank_overrides() -> list[str]:
     # Lightning's re-launch reuses the rank-0 run dir; keep rank>0 from writing its own log file there.
-    return ["hydra/job_logging=stdout"] if _is_child_rank() else []
+    return [f"hydra.job_logging.handlers.file.filename={os.devnull}"] if _is_child_rank() else []
 
 
 def _override_key(arg: str) -> str:

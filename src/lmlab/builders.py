@@ -118,7 +118,7 @@ def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, An
 
     from hydra.core.hydra_config import HydraConfig
 
-    from lmlab.checkpoints import load_checkpoint, lmlab_metadata
+    from lmlab.checkpoints import lmlab_metadata, load_checkpoint
     from lmlab.errors import CheckpointError
 
     path = Path(str(cfg.ckpt_path)).expanduser()

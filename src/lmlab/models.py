@@ -58,10 +58,7 @@ def locate(spec: str, what: str = "model") -> tuple[str, bool]:
     Checks a local path before anything else: transformers reports a missing local dir as a confusing
     repo-id validation error.
     """
-    if spec.startswith("pkg:"):
-        spec_path = resolve_package_path(spec)
-    else:
-        spec_path = Path(spec).expanduser()
+    spec_path = resolve_package_path(spec) if spec.startswith("pkg:") else Path(spec).expanduser()
     if spec_path.exists() or spec.startswith("pkg:") or _looks_like_path(spec):
         if not spec_path.is_dir():
             raise ModelLoadError(

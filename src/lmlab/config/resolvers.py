@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 from omegaconf import OmegaConf
@@ -15,3 +16,7 @@ def register() -> None:
         # One short random id per process: keeps run dirs unique even when two runs start in the same
         # second; cached so every reference in one process sees the same value.
         OmegaConf.register_new_resolver("lmlab.uid", lambda: _RUN_UID, use_cache=True)
+    if not OmegaConf.has_resolver("lmlab.cwd"):
+        # The launch directory. Unlike ${hydra:runtime.cwd} it also resolves where Hydra has not set its
+        # runtime config yet (the multirun sweeper resolves hydra.sweep.dir before any job starts).
+        OmegaConf.register_new_resolver("lmlab.cwd", os.getcwd, use_cache=True)

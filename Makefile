@@ -1,0 +1,31 @@
+# lmlab developer commands. `make setup train` and `make setup test` are the README's quick start.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: setup train test test-slow test-all lint bench
+
+# torch first: 2.13.0 is the CPU wheel on disk here; an unpinned torch would pull a multi-GB CUDA build.
+# GPU users: install the CUDA torch build for your driver first (see README), then `make setup` keeps it.
+setup:
+	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4"
+	$(PIP) install -q -e ".[dev]"
+
+# The embedded default experiment: MiniLM fine-tuned on SST-2 (about 4 minutes on 2 CPU cores).
+train:
+	lmlab train
+
+# Default suite (excludes tests marked slow).
+test:
+	$(PYTHON) -m pytest -q
+
+# Only the slow, opt-in tests (exit code 5 = none selected is not a failure).
+test-slow:
+	$(PYTHON) -m pytest -q -m slow || [ $$? -eq 5 ]
+
+test-all: test test-slow
+
+lint:
+	ruff check src tests benchmarks
+
+bench:
+	$(PYTHON) benchmarks/overhead.py

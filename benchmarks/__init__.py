@@ -1,0 +1,1 @@
+"""Benchmarks for lmlab (run as scripts, e.g. `python benchmarks/overhead.py`)."""

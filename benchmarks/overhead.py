@@ -1,0 +1,420 @@
+"""How much does lmlab's Lightning path cost per training step, and how much does dynamic padding save?
+
+    python benchmarks/overhead.py                          # MiniLM, ~5 min on 2 CPU cores
+    python benchmarks/overhead.py --model tiny_bert --quick  # smoke check, a few seconds
+
+1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
+   tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
+   epoch are collated once into a list, and the SAME list is fed to (A) ``trainer.fit`` with the lmlab-built
+   Trainer and (B) a plain PyTorch loop (forward, backward, clip_grad_norm_, optimizer.step, scheduler.step,
+   zero_grad) on a copy of the model with the same initial weights, the same AdamW parameter groups and the
+   same warmup/decay schedule (both come from the task module's ``configure_optimizers``). Data loading and
+   collation are therefore excluded from both. Both are warmed up, then measured in interleaved rounds
+   (A B, B A, A B, ...); each round restores the initial weights and seed. The first ``--skip`` steps of a
+   round are not timed (optimizer-state allocation); the rest give samples/s, and the medians over rounds
+   give ``overhead = plain_rate / lightning_rate - 1``.
+
+2. Padding. The same training samples, the same number of steps, through the same lmlab Trainer:
+   length-grouped batches with dynamic padding (lmlab's default; the Lightning rounds of part 1),
+   random-order batches with dynamic padding (``data.group_by_length=false``), and those random batches
+   padded to ``data.max_length`` (128), i.e. classic fixed padding.
+
+Timings on a shared machine are noisy: the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("minilm", "tiny_bert")
+
+
+def set_environment() -> None:
+    """Offline, quiet, and the data root of a checkout; must run before transformers is imported."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("LMLAB_DATA_ROOT", str(REPO.parent / "shared" / "data"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODELS, default="minilm", help="lmlab model config (default: minilm)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per measurement = batches in the epoch (default: 40; 8 with --quick)")
+    p.add_argument("--batch-size", type=int, default=32, help="data.batch_size (default: 32)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="measured rounds per variant in part 1 (default: 3; 2 with --quick)")
+    p.add_argument("--pad-rounds", type=int, default=1,
+                   help="measured rounds of the random/fixed-padding variants in part 2 (default: 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps before measuring (default: 3)")
+    p.add_argument("--skip", type=int, default=2,
+                   help="untimed first steps of every measured round (default: 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) (default: leave torch's default)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the config and of every round (default: 42)")
+    p.add_argument("--quick", action="store_true", help="few steps and rounds: a smoke check of the script")
+    p.add_argument("--skip-padding", action="store_true", help="run part 1 only")
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 8 if args.quick else 40
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
+    if args.steps <= args.skip:
+        p.error(f"--steps ({args.steps}) must be larger than --skip ({args.skip})")
+    return args
+
+
+# -- config and objects, built the way `lmlab train` builds them ---------------------------------------------
+
+def compose_config(overrides: list[str], workdir: Path) -> Any:
+    """Compose `train` with overrides and resolve it with the run-time paths Hydra would set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, read_write
+
+    from lmlab.config import resolvers, schema
+    from lmlab.config.locate import config_dir
+    from lmlab.config.validate import validate
+
+    schema.register()
+    resolvers.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with read_write(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(workdir / "run")
+        cfg.hydra.runtime.cwd = str(REPO)  # paths.root_dir: the tokenization cache is the checkout's
+    HydraConfig.instance().set_config(cfg)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.resolve(job)
+    validate(job)
+    return job
+
+
+def overrides_for(args: argparse.Namespace, **extra: Any) -> list[str]:
+    base = {
+        "model": args.model,
+        "seed": args.seed,
+        "data.limit_train_samples": args.steps * args.batch_size,  # one epoch = exactly --steps full batches
+        "data.batch_size": args.batch_size,
+        "trainer.max_epochs": 1,
+        "trainer.enable_progress_bar": "false",
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.limit_val_batches": 0,
+        "trainer.enable_checkpointing": "false",
+        "trainer.enable_model_summary": "false",
+        "callbacks": "none",
+        "logger": "none",
+        "test": "false",
+        "export": "false",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def train_batches(cfg: Any, tokenizer: Any, label_names: list[str] | None = None) -> tuple[Any, list[dict]]:
+    """(datamodule, the collated batches of one training epoch) from lmlab's datamodule."""
+    from lmlab.builders import build_datamodule
+
+    datamodule = build_datamodule(cfg, tokenizer, label_names=label_names, splits=("train",))
+    datamodule.prepare_data()
+    return datamodule, list(datamodule.train_dataloader())
+
+
+class BatchList:
+    """A sized iterable over pre-collated batches. (A bare list would be taken by Lightning as a list of
+    dataloaders.)"""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def pad_to(batch: dict, width: int, pad_values: dict[str, int], left: bool) -> dict:
+    """The batch with every padded key widened to ``width`` (fixed padding, as padding='max_length')."""
+    import torch
+
+    out = {}
+    for key, value in batch.items():
+        if key in pad_values and value.dim() == 2 and value.shape[1] < width:
+            padded = torch.full((value.shape[0], width), pad_values[key], dtype=value.dtype)
+            if left:
+                padded[:, width - value.shape[1]:] = value
+            else:
+                padded[:, : value.shape[1]] = value
+            value = padded
+        out[key] = value
+    return out
+
+
+# -- the two training paths ------------------------------------------------------------------------------
+
+def step_timer(skip: int) -> Any:
+    """A callback that times from the start of batch ``skip`` to the end of the training epoch."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.end: float | None = None
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == skip:
+                self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self.end = time.perf_counter()
+
+    return StepTimer()
+
+
+def timed_samples(batches: list[dict], skip: int) -> int:
+    return sum(len(b["labels"]) for b in batches[skip:])
+
+
+def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int,
+                    skip: int) -> dict[str, float]:
+    """trainer.fit with a freshly built lmlab Trainer; returns samples/s over steps [skip:] and fit wall time."""
+    import torch
+
+    from lmlab.builders import build_callbacks, build_trainer
+
+    module.model.load_state_dict(init_state)
+    timer = step_timer(skip)
+    trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], [])
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=BatchList(batches))
+    wall = time.perf_counter() - t0
+    if trainer.global_step != len(batches) or timer.start is None or timer.end is None:
+        raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
+    return {"rate": timed_samples(batches, skip) / (timer.end - timer.start),
+            "wall_rate": timed_samples(batches, 0) / wall}
+
+
+def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int,
+                skip: int) -> dict[str, float]:
+    """The same steps in a plain PyTorch loop on ``wrapper.model`` (a separate copy of the model).
+
+    Optimizer and scheduler come from the task module's own configure_optimizers (same parameter groups,
+    lr, weight decay, warmup); it only needs the step count from a trainer, given here by a stand-in.
+    """
+    import torch
+
+    model = wrapper.model
+    clip = cfg.trainer.gradient_clip_val
+    clip_fn = (torch.nn.utils.clip_grad_norm_ if cfg.trainer.gradient_clip_algorithm == "norm"
+               else torch.nn.utils.clip_grad_value_)
+    t_wall = time.perf_counter()
+    model.load_state_dict(init_state)
+    model.train()
+    wrapper._trainer = SimpleNamespace(estimated_stepping_batches=len(batches))
+    try:
+        conf = wrapper.configure_optimizers()
+    finally:
+        wrapper._trainer = None
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
+        if i == skip:
+            t0 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        if clip is not None:
+            clip_fn(params, clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    end = time.perf_counter()
+    return {"rate": timed_samples(batches, skip) / (end - t0),
+            "wall_rate": timed_samples(batches, 0) / (end - t_wall)}
+
+
+def max_weight_diff(a: Any, b: Any) -> float:
+    import torch
+
+    with torch.no_grad():
+        return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
+
+
+# -- reporting ----------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def result(name: str, value: str, note: str) -> None:
+    print(f"{name}: {value} ({note})", flush=True)
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lmlab"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                    ".*You defined a `validation_step` but have no `val_dataloader`.*",
+                    ".*`training_step` returned `None`.*", ".*Total length of .* across ranks is zero.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_environment()
+    started = time.perf_counter()
+
+    import lightning as L
+    import torch
+    import transformers
+
+    from lmlab.builders import build_task_module, build_tokenizer
+    from lmlab.run_dir import plain_config
+
+    quiet_lightning()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = "set by --threads" if args.threads is not None else "torch default"
+
+    print("== lmlab overhead benchmark ==")
+    print(f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu_model()}, "
+          f"{platform.system()} {platform.machine()}")
+    print(f"software: python {platform.python_version()}, torch {torch.__version__}, lightning {L.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"torch threads: {torch.get_num_threads()} ({threads}); interop threads: {torch.get_num_interop_threads()}")
+    print(f"load average at start: {load_avg()}")
+    print(f"data root: {os.environ['LMLAB_DATA_ROOT']}")
+
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
+        workdir = Path(tmp)
+        cfg = compose_config(overrides_for(args), workdir)
+        if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "32"):
+            raise SystemExit("the plain loop mirrors fp32 without gradient accumulation only")
+        L.seed_everything(args.seed, workers=True, verbose=False)
+        tokenizer = build_tokenizer(cfg)
+        datamodule, grouped = train_batches(cfg, tokenizer)
+        label_names = datamodule.label_names
+        module = build_task_module(cfg, plain_config(cfg), label_names)
+        init_state = copy.deepcopy(module.model.state_dict())
+        wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names)  # plain-loop copy
+        n_params = sum(p.numel() for p in module.model.parameters())
+        accel = cfg.trainer.accelerator
+        print(f"model: {args.model} = {cfg.model.name_or_path or 'from_config ' + cfg.model.from_config.model_type}"
+              f" ({n_params / 1e6:.1f}M params), task {cfg.task.name}, trainer accelerator={accel}")
+        print(f"data: {cfg.data.name} train, {len(grouped)} steps x batch {args.batch_size} "
+              f"(data.limit_train_samples={cfg.data.limit_train_samples}), max_length {cfg.data.max_length}, "
+              f"clip {cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm}), "
+              f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler {cfg.scheduler.name}")
+        print("batches: one epoch from lmlab's train_dataloader(), collated ONCE into a list and reused by "
+              "every run (data loading/collation excluded from all timings)")
+        print(f"timing: {args.warmup} warm-up steps each, then {args.rounds} interleaved rounds per variant "
+              f"(order AB, BA, AB, ...); steps [{args.skip}:{len(grouped)}] of each round are timed; medians reported")
+        print(flush=True)
+
+        # ---- part 1: Lightning (lmlab Trainer) vs plain PyTorch loop, same batches -----------------------
+        print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop --", flush=True)
+        warm = grouped[: max(args.warmup, 1)]
+        lightning_round(cfg, module, warm, init_state, args.seed, skip=0)
+        plain_round(cfg, wrapper, warm, init_state, args.seed, skip=0)
+        runs: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
+        weight_diff = None
+        for r in range(args.rounds):
+            order = ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")
+            for name in order:
+                if name == "lightning":
+                    runs[name].append(lightning_round(cfg, module, grouped, init_state, args.seed, args.skip))
+                else:
+                    runs[name].append(plain_round(cfg, wrapper, grouped, init_state, args.seed, args.skip))
+            if r == 0:  # both trained from the same weights on the same batches: they must agree
+                weight_diff = max_weight_diff(module.model, wrapper.model)
+            print(f"  round {r + 1}: lightning {runs['lightning'][-1]['rate']:.1f} samples/s, "
+                  f"plain {runs['plain'][-1]['rate']:.1f} samples/s", flush=True)
+        light = statistics.median(x["rate"] for x in runs["lightning"])
+        plain = statistics.median(x["rate"] for x in runs["plain"])
+        light_wall = statistics.median(x["wall_rate"] for x in runs["lightning"])
+        plain_wall = statistics.median(x["wall_rate"] for x in runs["plain"])
+        result("lightning_samples_per_s", f"{light:.1f}", f"median of {args.rounds}, steps {args.skip}..{len(grouped) - 1}")
+        result("plain_samples_per_s", f"{plain:.1f}", f"median of {args.rounds}, same steps")
+        result("lightning_overhead_pct", f"{(plain / light - 1) * 100:.1f}", "goal <= 2")
+        result("lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
+               f"info: all {len(grouped)} steps incl. trainer.fit setup/teardown vs loop incl. optimizer setup")
+        result("weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
+               "info: lightning vs plain after the same training; ~0 means the same work was done")
+
+        if not args.skip_padding:
+            # ---- part 2: dynamic vs fixed padding, same samples and steps, same lmlab Trainer -------------
+            print(flush=True)
+            print("-- part 2: dynamic padding vs fixed padding (lmlab Trainer, samples/s) --", flush=True)
+            cfg_random = compose_config(overrides_for(args, **{"data.group_by_length": "false"}), workdir)
+            _, random_batches = train_batches(cfg_random, tokenizer, label_names)
+            width = int(cfg.data.max_length)
+            fixed = [pad_to(b, width, datamodule.pad_values(), tokenizer.padding_side == "left")
+                     for b in random_batches]
+            variants = {"grouped_dynamic": grouped, "random_dynamic": random_batches, "fixed_128": fixed}
+            same = sorted(i for b in grouped for i in b["labels"].tolist()) == sorted(
+                i for b in random_batches for i in b["labels"].tolist())
+            for name, batches in variants.items():
+                tokens = sum(b["input_ids"].numel() for b in batches)
+                real = sum(int(b["attention_mask"].sum()) for b in batches)
+                print(f"  {name}: {len(batches)} batches, mean padded length "
+                      f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}, "
+                      f"{100 * (1 - real / tokens):.1f}% padding tokens", flush=True)
+            rates = {"grouped_dynamic": light}  # part 1's Lightning rounds: the same batches and trainer
+            for name in ("random_dynamic", "fixed_128"):
+                lightning_round(cfg_random, module, variants[name][:1], init_state, args.seed, skip=0)  # warm shape
+                got = [lightning_round(cfg_random, module, variants[name], init_state, args.seed, args.skip)["rate"]
+                       for _ in range(args.pad_rounds)]
+                rates[name] = statistics.median(got)
+                print(f"  {name}: {', '.join(f'{x:.1f}' for x in got)} samples/s", flush=True)
+            result("grouped_dynamic_samples_per_s", f"{rates['grouped_dynamic']:.1f}",
+                   "lmlab default: length-grouped + dynamic padding; = lightning_samples_per_s")
+            result("random_dynamic_samples_per_s", f"{rates['random_dynamic']:.1f}", "data.group_by_length=false")
+            result("fixed_128_samples_per_s", f"{rates['fixed_128']:.1f}", f"random batches padded to {width}")
+            result("speedup_grouped_vs_fixed", f"{rates['grouped_dynamic'] / rates['fixed_128']:.2f}x", "info")
+            result("speedup_random_dynamic_vs_fixed", f"{rates['random_dynamic'] / rates['fixed_128']:.2f}x", "info")
+            result("speedup_grouped_vs_random", f"{rates['grouped_dynamic'] / rates['random_dynamic']:.2f}x",
+                   "experiments/sst2_minilm.yaml says ~3x")
+            if not same:
+                print("WARNING: the grouped and random epochs do not hold the same samples", file=sys.stderr)
+
+    print(flush=True)
+    print(f"load average at end: {load_avg()}; total time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

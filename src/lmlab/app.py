@@ -65,9 +65,21 @@ def _report(error: BaseException) -> None:
             handler.handle(record)
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning logs a product tip ("💡 Tip: ... litlogger") on every Trainer; it is not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def use_hydra_logging() -> None:
     """Route Lightning's messages through Hydra's handlers only (it installs its own console handler,
     which printed every line twice). Call after importing lightning."""
+    import warnings
+
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates; harmless, and not ours to fix.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
     if logging.getLogger().handlers:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()

@@ -159,3 +159,25 @@ def test_overfit_tiny_model_reaches_full_train_accuracy(workdir: Path):
     assert metrics["global_step"] == 4 * 30
     assert metrics["train"]["acc"] >= 0.98
     assert metrics["train"]["loss"] < 0.1
+
+
+def test_sentence_pairs_from_mrpc_with_bom_and_literal_quotes(workdir: Path):
+    run_lmlab("train", *tiny("data=mrpc", "export=false"), cwd=workdir)
+    (run,) = run_dirs(workdir)
+    meta, metrics = read_json(run / "run.json"), read_json(run / "metrics.json")
+    assert meta["label_names"] == ["0", "1"]
+    assert meta["data"]["train"]["rows_in_file"] == 3668, "QUOTE_NONE keeps rows with quote characters whole"
+    assert meta["data"]["validation"]["rows_in_file"] == 408
+    # A pair encodes as [CLS] a [SEP] b [SEP]: far longer than either sentence alone.
+    assert meta["data"]["train"]["mean_tokens"] > 40
+    assert {"val/f1_pos", "val/f1", "val/acc", "val/mcc"} <= set(metrics["val"])
+
+
+def test_a_previous_runs_export_is_a_model_for_the_next_run(trained: Path, workdir: Path):
+    proc = run_lmlab("train", *tiny("model=pretrained", f"model.name_or_path={trained}/export",
+                                    "debug=fast_dev_run")[1:], cwd=workdir)
+    (run,) = run_dirs(workdir)
+    assert read_json(run / "run.json")["status"] == "completed"
+    assert f"name_or_path: {trained}/export" in (run / "config_resolved.yaml").read_text()
+    # The export holds the classifier head too: transformers' load report lists no MISSING weights.
+    assert "MISSING" not in proc.stdout + proc.stderr

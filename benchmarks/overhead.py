@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -49,6 +50,7 @@ def set_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("LMLAB_DATA_ROOT", str(REPO.parent / "shared" / "data"))
+    os.environ.setdefault("LMLAB_ROOT", str(REPO))  # paths.root_dir: the checkout's tokenization cache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="data.batch_size (default: 32)")
     p.add_argument("--rounds", type=int, default=None,
                    help="measured rounds per variant in part 1 (default: 3; 2 with --quick)")
-    p.add_argument("--pad-rounds", type=int, default=1,
-                   help="measured rounds of the random/fixed-padding variants in part 2 (default: 1)")
+    p.add_argument("--pad-steps", type=int, default=None,
+                   help="steps per padding variant in part 2, 0 to skip part 2 (default: 16; 6 with --quick)")
+    p.add_argument("--pad-rounds", type=int, default=1, help="measured rounds per padding variant (default: 1)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps before measuring (default: 3)")
     p.add_argument("--skip", type=int, default=2,
                    help="untimed first steps of every measured round (default: 2)")
@@ -69,14 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.set_num_threads(N) (default: leave torch's default)")
     p.add_argument("--seed", type=int, default=42, help="seed of the config and of every round (default: 42)")
     p.add_argument("--quick", action="store_true", help="few steps and rounds: a smoke check of the script")
-    p.add_argument("--skip-padding", action="store_true", help="run part 1 only")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 8 if args.quick else 40
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
-    if args.steps <= args.skip:
-        p.error(f"--steps ({args.steps}) must be larger than --skip ({args.skip})")
+    if args.pad_steps is None:
+        args.pad_steps = 6 if args.quick else 16
+    for name in ("steps", "pad_steps"):
+        value = getattr(args, name)
+        if value <= args.skip and not (name == "pad_steps" and value == 0):
+            p.error(f"--{name.replace('_', '-')} ({value}) must be larger than --skip ({args.skip})")
     return args
 
 
@@ -100,7 +106,7 @@ def compose_config(overrides: list[str], workdir: Path) -> Any:
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with read_write(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = str(workdir / "run")
-        cfg.hydra.runtime.cwd = str(REPO)  # paths.root_dir: the tokenization cache is the checkout's
+        cfg.hydra.runtime.cwd = str(REPO)
     HydraConfig.instance().set_config(cfg)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     OmegaConf.resolve(job)
@@ -108,11 +114,11 @@ def compose_config(overrides: list[str], workdir: Path) -> Any:
     return job
 
 
-def overrides_for(args: argparse.Namespace, **extra: Any) -> list[str]:
+def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[str]:
     base = {
         "model": args.model,
         "seed": args.seed,
-        "data.limit_train_samples": args.steps * args.batch_size,  # one epoch = exactly --steps full batches
+        "data.limit_train_samples": steps * args.batch_size,  # one epoch = exactly --steps full batches
         "data.batch_size": args.batch_size,
         "trainer.max_epochs": 1,
         "trainer.enable_progress_bar": "false",
@@ -169,57 +175,74 @@ def pad_to(batch: dict, width: int, pad_values: dict[str, int], left: bool) -> d
     return out
 
 
-# -- the two training paths ------------------------------------------------------------------------------
+def same_samples(a: list[dict], b: list[dict]) -> bool:
+    """Whether two epochs hold the same examples (as multisets of unpadded token sequences)."""
 
-def step_timer(skip: int) -> Any:
-    """A callback that times from the start of batch ``skip`` to the end of the training epoch."""
+    def rows(batches: list[dict]) -> list[tuple[int, ...]]:
+        return sorted(tuple(ids[mask.bool()].tolist()) for batch in batches
+                      for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True))
+
+    return rows(a) == rows(b)
+
+
+# -- the two training paths; each returns the duration of every step --------------------------------------
+
+class Round:
+    """One measured epoch: per-step durations (s), batch sizes, and the wall time of the whole call."""
+
+    def __init__(self, steps: list[float], sizes: list[int], wall: float):
+        self.steps, self.sizes, self.wall = steps, sizes, wall
+
+    def rate(self, skip: int) -> float:
+        return sum(self.sizes[skip:]) / sum(self.steps[skip:])
+
+
+def step_timer() -> Any:
+    """A callback noting when each training batch starts, and when the epoch ends."""
     from lightning.pytorch.callbacks import Callback
 
     class StepTimer(Callback):
         def __init__(self) -> None:
-            self.start: float | None = None
-            self.end: float | None = None
+            self.marks: list[float] = []
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if batch_idx == skip:
-                self.start = time.perf_counter()
+            self.marks.append(time.perf_counter())
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self.end = time.perf_counter()
+            self.marks.append(time.perf_counter())
 
     return StepTimer()
 
 
-def timed_samples(batches: list[dict], skip: int) -> int:
-    return sum(len(b["labels"]) for b in batches[skip:])
+def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int) -> Round:
+    """``trainer.fit`` with a freshly built lmlab Trainer (build_trainer, the config's callbacks + a timer).
 
-
-def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int,
-                    skip: int) -> dict[str, float]:
-    """trainer.fit with a freshly built lmlab Trainer; returns samples/s over steps [skip:] and fit wall time."""
+    A step lasts from one on_train_batch_start to the next (the last one: to on_train_epoch_end), so
+    everything Lightning does between batches is counted.
+    """
     import torch
 
     from lmlab.builders import build_callbacks, build_trainer
 
     module.model.load_state_dict(init_state)
-    timer = step_timer(skip)
+    timer = step_timer()
     trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], [])
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=BatchList(batches))
     wall = time.perf_counter() - t0
-    if trainer.global_step != len(batches) or timer.start is None or timer.end is None:
+    marks = timer.marks
+    if trainer.global_step != len(batches) or len(marks) != len(batches) + 1:
         raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
-    return {"rate": timed_samples(batches, skip) / (timer.end - timer.start),
-            "wall_rate": timed_samples(batches, 0) / wall}
+    return Round([b - a for a, b in pairwise(marks)], [len(b["labels"]) for b in batches], wall)
 
 
-def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int,
-                skip: int) -> dict[str, float]:
+def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int) -> Round:
     """The same steps in a plain PyTorch loop on ``wrapper.model`` (a separate copy of the model).
 
     Optimizer and scheduler come from the task module's own configure_optimizers (same parameter groups,
-    lr, weight decay, warmup); it only needs the step count from a trainer, given here by a stand-in.
+    lr, weight decay, warmup), which needs only the step count from a trainer: given by a stand-in here.
+    Gradient clipping follows trainer.gradient_clip_val/algorithm, as Lightning does.
     """
     import torch
 
@@ -238,10 +261,8 @@ def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, s
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    for i, batch in enumerate(batches):
-        if i == skip:
-            t0 = time.perf_counter()
+    marks = [time.perf_counter()]
+    for batch in batches:
         loss = model(**batch).loss
         loss.backward()
         if clip is not None:
@@ -249,9 +270,19 @@ def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, s
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    end = time.perf_counter()
-    return {"rate": timed_samples(batches, skip) / (end - t0),
-            "wall_rate": timed_samples(batches, 0) / (end - t_wall)}
+        marks.append(time.perf_counter())
+    wall = marks[-1] - t_wall
+    return Round([b - a for a, b in pairwise(marks)], [len(b["labels"]) for b in batches], wall)
+
+
+def median_rate(rounds: list[Round], skip: int) -> float:
+    return statistics.median(r.rate(skip) for r in rounds)
+
+
+def best_rate(rounds: list[Round], skip: int) -> float:
+    """Samples/s from each step's fastest time over the rounds: robust to other processes on the cores."""
+    fastest = [min(r.steps[i] for r in rounds) for i in range(skip, len(rounds[0].steps))]
+    return sum(rounds[0].sizes[skip:]) / sum(fastest)
 
 
 def max_weight_diff(a: Any, b: Any) -> float:
@@ -284,13 +315,97 @@ def result(name: str, value: str, note: str) -> None:
     print(f"{name}: {value} ({note})", flush=True)
 
 
-def quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lmlab"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def quiet() -> None:
+    """Drop Lightning's info lines and warnings that are expected here (no workers, no validation, ...)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lmlab", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     for message in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                    ".*You defined a `validation_step` but have no `val_dataloader`.*",
-                    ".*`training_step` returned `None`.*", ".*Total length of .* across ranks is zero.*"):
+                    ".*`validation_step` but have no `val_dataloader`.*", ".*LeafSpec.*"):
         warnings.filterwarnings("ignore", message=message)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+
+def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
+                  init_state: dict) -> None:
+    print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop, same batches --", flush=True)
+    warm = batches[: max(args.warmup, 1)]
+    lightning_round(cfg, module, warm, init_state, args.seed)
+    plain_round(cfg, wrapper, warm, init_state, args.seed)
+    runs: dict[str, list[Round]] = {"lightning": [], "plain": []}
+    weight_diff = float("nan")
+    for r in range(args.rounds):
+        for name in (("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")):
+            if name == "lightning":
+                runs[name].append(lightning_round(cfg, module, batches, init_state, args.seed))
+            else:
+                runs[name].append(plain_round(cfg, wrapper, batches, init_state, args.seed))
+        if r == 0:  # both trained from the same weights on the same batches with the same seed
+            weight_diff = max_weight_diff(module.model, wrapper.model)
+        print(f"  round {r + 1}: lightning {runs['lightning'][-1].rate(args.skip):.1f} samples/s, "
+              f"plain {runs['plain'][-1].rate(args.skip):.1f} samples/s", flush=True)
+    skip, n = args.skip, len(batches)
+    light, plain = median_rate(runs["lightning"], skip), median_rate(runs["plain"], skip)
+    light_best, plain_best = best_rate(runs["lightning"], skip), best_rate(runs["plain"], skip)
+    light_wall = statistics.median(sum(r.sizes) / r.wall for r in runs["lightning"])
+    plain_wall = statistics.median(sum(r.sizes) / r.wall for r in runs["plain"])
+    per_step_ms = statistics.median(
+        (sum(a.steps[skip:]) - sum(b.steps[skip:])) / (n - skip) * 1e3
+        for a, b in zip(runs["lightning"], runs["plain"], strict=True))
+    result("lightning_samples_per_s", f"{light:.1f}", f"median of {args.rounds} rounds, steps {skip}..{n - 1}")
+    result("plain_samples_per_s", f"{plain:.1f}", f"median of {args.rounds} rounds, same steps")
+    result("lightning_overhead_pct", f"{(plain / light - 1) * 100:.1f}", "goal <= 2")
+    result("lightning_overhead_pct_best_per_step", f"{(plain_best / light_best - 1) * 100:.1f}",
+           f"goal <= 2; each step's fastest of {args.rounds} rounds, less sensitive to other load: "
+           f"lightning {light_best:.1f} vs plain {plain_best:.1f} samples/s")
+    result("lightning_overhead_ms_per_step", f"{per_step_ms:.1f}", "info: median over rounds")
+    result("lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
+           f"info: all {n} steps, incl. trainer.fit setup/teardown vs the loop incl. optimizer setup")
+    result("weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
+           "info: lightning vs plain model after the same training; 0 = identical computation")
+
+
+def part_padding(args: argparse.Namespace, cfg: Any, tokenizer: Any, module: Any, init_state: dict,
+                 label_names: list[str], workdir: Path) -> None:
+    print("-- part 2: dynamic vs fixed padding, same samples and steps, lmlab Trainer --", flush=True)
+    n = args.pad_steps
+    cfg_grouped = compose_config(overrides_for(args, n), workdir)
+    cfg_random = compose_config(overrides_for(args, n, **{"data.group_by_length": "false"}), workdir)
+    datamodule, grouped = train_batches(cfg_grouped, tokenizer, label_names)
+    _, random_batches = train_batches(cfg_random, tokenizer, label_names)
+    width = int(cfg.data.max_length)
+    fixed = [pad_to(b, width, datamodule.pad_values(), tokenizer.padding_side == "left") for b in random_batches]
+    variants = {"grouped_dynamic": grouped, "random_dynamic": random_batches, f"fixed_{width}": fixed}
+    for name, batches in variants.items():
+        tokens = sum(b["input_ids"].numel() for b in batches)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        print(f"  {name}: {len(batches)} batches, mean padded length "
+              f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}, "
+              f"{100 * (1 - real / tokens):.1f}% padding tokens", flush=True)
+    runs: dict[str, list[Round]] = {name: [] for name in variants}
+    for _ in range(args.pad_rounds):
+        for name, batches in variants.items():
+            runs[name].append(lightning_round(cfg, module, batches, init_state, args.seed))
+            print(f"  {name}: {runs[name][-1].rate(args.skip):.1f} samples/s", flush=True)
+    rates = {name: median_rate(rounds, args.skip) for name, rounds in runs.items()}
+    fixed_name = f"fixed_{width}"
+    note = f"steps {args.skip}..{n - 1} of {n} x batch {args.batch_size}, median of {args.pad_rounds}"
+    result("grouped_dynamic_samples_per_s", f"{rates['grouped_dynamic']:.1f}",
+           f"lmlab default: length-grouped + dynamic padding; {note}")
+    result("random_dynamic_samples_per_s", f"{rates['random_dynamic']:.1f}", "data.group_by_length=false")
+    result(f"{fixed_name}_samples_per_s", f"{rates[fixed_name]:.1f}", f"the random batches padded to {width}")
+    result(f"speedup_grouped_vs_{fixed_name}", f"{rates['grouped_dynamic'] / rates[fixed_name]:.2f}x", "info")
+    result(f"speedup_random_dynamic_vs_{fixed_name}", f"{rates['random_dynamic'] / rates[fixed_name]:.2f}x", "info")
+    result("speedup_grouped_vs_random_dynamic", f"{rates['grouped_dynamic'] / rates['random_dynamic']:.2f}x",
+           "info; experiments/sst2_minilm.yaml says ~3x for a whole epoch")
+    result("same_samples_in_all_variants", "yes" if same_samples(grouped, random_batches) else "NO", "must be yes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,111 +420,55 @@ def main(argv: list[str] | None = None) -> int:
     from lmlab.builders import build_task_module, build_tokenizer
     from lmlab.run_dir import plain_config
 
-    quiet_lightning()
+    quiet()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    threads = "set by --threads" if args.threads is not None else "torch default"
+    threads = "set by --threads" if args.threads is not None else "torch default, not set by this script"
 
     print("== lmlab overhead benchmark ==")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu_model()}, "
           f"{platform.system()} {platform.machine()}")
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, lightning {L.__version__}, "
           f"transformers {transformers.__version__}")
     print(f"torch threads: {torch.get_num_threads()} ({threads}); interop threads: {torch.get_num_interop_threads()}")
-    print(f"load average at start: {load_avg()}")
-    print(f"data root: {os.environ['LMLAB_DATA_ROOT']}")
+    print(f"load average at start: {load_avg()} (other processes on these cores make timings noisy)")
+    print(f"data root: {os.environ['LMLAB_DATA_ROOT']}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
         workdir = Path(tmp)
-        cfg = compose_config(overrides_for(args), workdir)
+        cfg = compose_config(overrides_for(args, args.steps), workdir)
         if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "32"):
-            raise SystemExit("the plain loop mirrors fp32 without gradient accumulation only")
+            raise SystemExit("the plain loop mirrors fp32 training without gradient accumulation only")
         L.seed_everything(args.seed, workers=True, verbose=False)
         tokenizer = build_tokenizer(cfg)
-        datamodule, grouped = train_batches(cfg, tokenizer)
+        datamodule, batches = train_batches(cfg, tokenizer)
         label_names = datamodule.label_names
         module = build_task_module(cfg, plain_config(cfg), label_names)
         init_state = copy.deepcopy(module.model.state_dict())
-        wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names)  # plain-loop copy
+        wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names)  # the plain loop's copy
         n_params = sum(p.numel() for p in module.model.parameters())
-        accel = cfg.trainer.accelerator
-        print(f"model: {args.model} = {cfg.model.name_or_path or 'from_config ' + cfg.model.from_config.model_type}"
-              f" ({n_params / 1e6:.1f}M params), task {cfg.task.name}, trainer accelerator={accel}")
-        print(f"data: {cfg.data.name} train, {len(grouped)} steps x batch {args.batch_size} "
-              f"(data.limit_train_samples={cfg.data.limit_train_samples}), max_length {cfg.data.max_length}, "
-              f"clip {cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm}), "
-              f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler {cfg.scheduler.name}")
-        print("batches: one epoch from lmlab's train_dataloader(), collated ONCE into a list and reused by "
-              "every run (data loading/collation excluded from all timings)")
-        print(f"timing: {args.warmup} warm-up steps each, then {args.rounds} interleaved rounds per variant "
-              f"(order AB, BA, AB, ...); steps [{args.skip}:{len(grouped)}] of each round are timed; medians reported")
+        source = cfg.model.name_or_path or f"random init from_config {cfg.model.from_config.model_type}"
+        print(f"model: {args.model} = {source} ({n_params / 1e6:.1f}M params), task {cfg.task.name}, "
+              f"trainer accelerator={cfg.trainer.accelerator}, precision {cfg.trainer.precision}")
+        print(f"training: {cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler "
+              f"{cfg.scheduler.name} (warmup_ratio {cfg.scheduler.warmup_ratio}), gradient clip "
+              f"{cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm})")
+        print(f"data: {cfg.data.name} train, data.limit_train_samples={cfg.data.limit_train_samples} = {len(batches)} "
+              f"steps x batch {args.batch_size}, max_length {cfg.data.max_length}, "
+              f"group_by_length={cfg.data.group_by_length}, mean padded length "
+              f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}")
+        print("batches: one epoch from lmlab's train_dataloader(), collated ONCE into a list that every run "
+              "reuses (data loading and collation are excluded from all timings)")
+        print(f"timing: {args.warmup} untimed warm-up steps per path, then {args.rounds} rounds per path, "
+              f"interleaved (L P, P L, L P, ...); each round = one epoch from the initial weights and seed; "
+              f"steps {args.skip}..{len(batches) - 1} timed", flush=True)
         print(flush=True)
 
-        # ---- part 1: Lightning (lmlab Trainer) vs plain PyTorch loop, same batches -----------------------
-        print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop --", flush=True)
-        warm = grouped[: max(args.warmup, 1)]
-        lightning_round(cfg, module, warm, init_state, args.seed, skip=0)
-        plain_round(cfg, wrapper, warm, init_state, args.seed, skip=0)
-        runs: dict[str, list[dict[str, float]]] = {"lightning": [], "plain": []}
-        weight_diff = None
-        for r in range(args.rounds):
-            order = ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")
-            for name in order:
-                if name == "lightning":
-                    runs[name].append(lightning_round(cfg, module, grouped, init_state, args.seed, args.skip))
-                else:
-                    runs[name].append(plain_round(cfg, wrapper, grouped, init_state, args.seed, args.skip))
-            if r == 0:  # both trained from the same weights on the same batches: they must agree
-                weight_diff = max_weight_diff(module.model, wrapper.model)
-            print(f"  round {r + 1}: lightning {runs['lightning'][-1]['rate']:.1f} samples/s, "
-                  f"plain {runs['plain'][-1]['rate']:.1f} samples/s", flush=True)
-        light = statistics.median(x["rate"] for x in runs["lightning"])
-        plain = statistics.median(x["rate"] for x in runs["plain"])
-        light_wall = statistics.median(x["wall_rate"] for x in runs["lightning"])
-        plain_wall = statistics.median(x["wall_rate"] for x in runs["plain"])
-        result("lightning_samples_per_s", f"{light:.1f}", f"median of {args.rounds}, steps {args.skip}..{len(grouped) - 1}")
-        result("plain_samples_per_s", f"{plain:.1f}", f"median of {args.rounds}, same steps")
-        result("lightning_overhead_pct", f"{(plain / light - 1) * 100:.1f}", "goal <= 2")
-        result("lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
-               f"info: all {len(grouped)} steps incl. trainer.fit setup/teardown vs loop incl. optimizer setup")
-        result("weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
-               "info: lightning vs plain after the same training; ~0 means the same work was done")
-
-        if not args.skip_padding:
-            # ---- part 2: dynamic vs fixed padding, same samples and steps, same lmlab Trainer -------------
+        part_overhead(args, cfg, module, wrapper, batches, init_state)
+        if args.pad_steps > 0:
             print(flush=True)
-            print("-- part 2: dynamic padding vs fixed padding (lmlab Trainer, samples/s) --", flush=True)
-            cfg_random = compose_config(overrides_for(args, **{"data.group_by_length": "false"}), workdir)
-            _, random_batches = train_batches(cfg_random, tokenizer, label_names)
-            width = int(cfg.data.max_length)
-            fixed = [pad_to(b, width, datamodule.pad_values(), tokenizer.padding_side == "left")
-                     for b in random_batches]
-            variants = {"grouped_dynamic": grouped, "random_dynamic": random_batches, "fixed_128": fixed}
-            same = sorted(i for b in grouped for i in b["labels"].tolist()) == sorted(
-                i for b in random_batches for i in b["labels"].tolist())
-            for name, batches in variants.items():
-                tokens = sum(b["input_ids"].numel() for b in batches)
-                real = sum(int(b["attention_mask"].sum()) for b in batches)
-                print(f"  {name}: {len(batches)} batches, mean padded length "
-                      f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}, "
-                      f"{100 * (1 - real / tokens):.1f}% padding tokens", flush=True)
-            rates = {"grouped_dynamic": light}  # part 1's Lightning rounds: the same batches and trainer
-            for name in ("random_dynamic", "fixed_128"):
-                lightning_round(cfg_random, module, variants[name][:1], init_state, args.seed, skip=0)  # warm shape
-                got = [lightning_round(cfg_random, module, variants[name], init_state, args.seed, args.skip)["rate"]
-                       for _ in range(args.pad_rounds)]
-                rates[name] = statistics.median(got)
-                print(f"  {name}: {', '.join(f'{x:.1f}' for x in got)} samples/s", flush=True)
-            result("grouped_dynamic_samples_per_s", f"{rates['grouped_dynamic']:.1f}",
-                   "lmlab default: length-grouped + dynamic padding; = lightning_samples_per_s")
-            result("random_dynamic_samples_per_s", f"{rates['random_dynamic']:.1f}", "data.group_by_length=false")
-            result("fixed_128_samples_per_s", f"{rates['fixed_128']:.1f}", f"random batches padded to {width}")
-            result("speedup_grouped_vs_fixed", f"{rates['grouped_dynamic'] / rates['fixed_128']:.2f}x", "info")
-            result("speedup_random_dynamic_vs_fixed", f"{rates['random_dynamic'] / rates['fixed_128']:.2f}x", "info")
-            result("speedup_grouped_vs_random", f"{rates['grouped_dynamic'] / rates['random_dynamic']:.2f}x",
-                   "experiments/sst2_minilm.yaml says ~3x")
-            if not same:
-                print("WARNING: the grouped and random epochs do not hold the same samples", file=sys.stderr)
+            part_padding(args, cfg, tokenizer, module, init_state, label_names, workdir)
 
     print(flush=True)
     print(f"load average at end: {load_avg()}; total time {time.perf_counter() - started:.0f} s")

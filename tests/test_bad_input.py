@@ -59,7 +59,7 @@ def data_cfg(root: Path, overrides: dict[str, Any] | None = None):
     local.pop("defaults")
     cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), local, {
         "root": str(root), "cache_dir": str(root / "cache" / "tokenized"),
-        "files": {"train": "train.csv", "validation": "dev.csv"}})
+        "files": {"train": "train.csv", "validation": "dev.csv"}, "use_cache": False})
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
@@ -83,6 +83,25 @@ def assert_mentions(message: str, fragments: list[str]) -> None:
         assert fragment in message, f"{fragment!r} not in message:\n{message}"
 
 
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fingerprint_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speed only: tokenizer_fingerprint json-dumps the whole vocab (~0.1 s) four times per prepare_data;
+    for the one unchanging tokenizer of this module the value is always the same."""
+    import lmlab.data.base
+
+    original = lmlab.data.base.tokenizer_fingerprint
+
+    def once(tok: Any) -> str:
+        if id(tok) not in _FINGERPRINTS:
+            _FINGERPRINTS[id(tok)] = (tok, original(tok))
+        return _FINGERPRINTS[id(tok)][1]
+
+    monkeypatch.setattr(lmlab.data.base, "tokenizer_fingerprint", once)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
@@ -100,6 +119,10 @@ def _case(id_: str, files: dict[str, Any], fragments: list[str], overrides: dict
 TSV = {"files.train": "train.tsv", "files.validation": "dev.tsv"}
 JSONL = {"files.train": "train.jsonl", "files.validation": "dev.jsonl"}
 GOOD_DEV_JSONL = '{"text": "great", "label": "pos"}\n'
+EMPTY_LABEL_TRAIN = "text,label\na,1\nb,\nc,0\n"
+SINGLE_LABEL_TRAIN = "text,label\na,pos\nb,pos\n"
+NO_TRAIN_FILE_NAME = ("the message names no file ('The train data has ...'): discover_labels is not given the "
+                      "source path")
 
 DATA_ERRORS = [
     _case("nonexistent_train_file", {"dev.csv": GOOD_DEV},
@@ -130,14 +153,14 @@ DATA_ERRORS = [
                                                 "dev.csv": GOOD_DEV + "meh film,2\nugh,neutral\n"},
           ["{root}/dev.csv", "['2', 'neutral']", "never occur in the training data", "known: ['0', '1']",
            "Fix:"]),
-    _case("train_row_with_empty_label", {"train.csv": "text,label\na,1\nb,\nc,0\n", "dev.csv": GOOD_DEV},
-          ["1 row(s) without a label in column 'label'", "data row 2", "Fix: remove or label those rows",
-           "{root}/train.csv"],
-          defect="message does not name the train file (discover_labels gets no source)"),
-    _case("single_label_value_in_train", {"train.csv": "text,label\na,pos\nb,pos\n", "dev.csv": GOOD_DEV},
-          ["single label value ['pos']", "column 'label'", "at least two", "data.label_column",
-           "{root}/train.csv"],
-          defect="message does not name the train file (discover_labels gets no source)"),
+    _case("train_row_with_empty_label", {"train.csv": EMPTY_LABEL_TRAIN, "dev.csv": GOOD_DEV},
+          ["1 row(s) without a label in column 'label'", "data row 2", "Fix: remove or label those rows"]),
+    _case("train_row_with_empty_label_names_the_file", {"train.csv": EMPTY_LABEL_TRAIN, "dev.csv": GOOD_DEV},
+          ["{root}/train.csv"], defect=NO_TRAIN_FILE_NAME),
+    _case("single_label_value_in_train", {"train.csv": SINGLE_LABEL_TRAIN, "dev.csv": GOOD_DEV},
+          ["single label value ['pos']", "column 'label'", "at least two", "data.label_column"]),
+    _case("single_label_value_in_train_names_the_file", {"train.csv": SINGLE_LABEL_TRAIN, "dev.csv": GOOD_DEV},
+          ["{root}/train.csv"], defect=NO_TRAIN_FILE_NAME),
     _case("validation_row_with_empty_label", {"train.csv": GOOD_TRAIN, "dev.csv": "text,label\na,1\nb,\n"},
           ["{root}/dev.csv", "without a label", "data row 2"],
           defect="reported as unseen labels ['1.0', 'None']: the empty cell makes pandas read the column "
@@ -163,7 +186,7 @@ DATA_ERRORS = [
           {**TSV, "quoting": "none"}),
     _case("quoted_tab_in_first_tsv_row_with_quoting_none", {"train.tsv": 'text\tlabel\n"a\tb"\t1\nplain\t0\n',
                                                             "dev.tsv": "text\tlabel\nx\t0\n"},
-          ["{root}/train.tsv", "line 2", "data.quoting"], {**TSV, "quoting": "none"},
+          ["data.quoting", "line 2", "{root}/train.tsv"], {**TSV, "quoting": "none"},
           defect="pandas takes the 3-field first row's extra field as an index column, shifting columns; "
                  "lmlab then blames the correct row 2 ('1 row(s) without a label ... data row 2')"),
     _case("comma_separated_file_named_tsv", {"train.tsv": GOOD_TRAIN, "dev.tsv": GOOD_DEV},
@@ -346,7 +369,7 @@ def assert_one_lmlab_error(proc, fragments: list[str], quiet_about: str | None =
 
 def _small_csv(path: Path, rows: int = 32) -> None:
     rng = random.Random(0)
-    words = "good bad fine awful great dull film movie plot acting".split()
+    words = ["good", "bad", "fine", "awful", "great", "dull", "film", "movie", "plot", "acting"]
     lines = ["text,label"] + [f"{' '.join(rng.choices(words, k=6))},{i % 2}" for i in range(rows)]
     path.write_text("\n".join(lines) + "\n")
 

@@ -55,6 +55,26 @@ def _resume_overrides(args: list[str]) -> list[str]:
     return [*previous, *args, f"hydra.run.dir=\"{run_dir}\"", f"hydra.output_subdir=.hydra/resume-{stamp}"]
 
 
+def _record_job_failure(error: BaseException, output_dir: str) -> None:
+    import traceback
+    from pathlib import Path
+
+    message = f"{type(error).__name__}: {error}"
+    log.error("job failed: %s", message)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    Path(output_dir, "error.txt").write_text("".join(traceback.format_exception(error)))
+
+
+def _exit_if_sweep_failed() -> None:
+    from lmlab.sweep.callbacks import LAST_SWEEP
+
+    if LAST_SWEEP.get("failed"):
+        print(f"lmlab: {len(LAST_SWEEP['failed'])} of {LAST_SWEEP['jobs']} jobs failed (jobs "
+              f"{', '.join(LAST_SWEEP['failed'])}); see {LAST_SWEEP['sweep_dir']}/summary.md and each job's "
+              "error.txt.", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def _report(error: BaseException) -> None:
     """Print the message once on stderr and keep a copy in the job's log file."""
     message = f"lmlab: error: {error}"
@@ -76,6 +96,8 @@ def use_hydra_logging() -> None:
     """Route Lightning's messages through Hydra's handlers only (it installs its own console handler,
     which printed every line twice). Call after importing lightning."""
     import warnings
+
+    import lightning  # noqa: F401  (its import installs the console handler removed below)
 
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.13 deprecates; harmless, and not ours to fix.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -102,20 +124,26 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
     sys.argv.extend(_child_rank_overrides())
 
     def job(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             validate(cfg)
             return task(cfg)
-        except LmlabError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
+                raise
+            if multirun:
+                # One failed job must not stop the sweep: record it in its run dir and go on.
+                _record_job_failure(error, HydraConfig.get().runtime.output_dir)
+                return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            if not isinstance(error, LmlabError):
                 raise
             _report(error)
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
-
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
-                raise  # the sweep records it and moves on
             raise SystemExit(error.exit_code) from None
 
     # Hydra names the job (and its log file, train.log) after the task function's module.
     job.__module__ = f"lmlab.{config_name}"
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(job)()
+    _exit_if_sweep_failed()

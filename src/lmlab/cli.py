@@ -14,7 +14,10 @@ COMMANDS = {
     "train": "Fit a model (then test and export the best checkpoint).",
     "evaluate": "Score a checkpoint on a split (reproduces the train-time test metrics).",
     "predict": "Write one JSON line of predictions per row of an input file.",
+    "report": "Summarise a multirun sweep dir: summary.csv/.md, a plot, the best override line.",
+    "reproduce": "Re-run a finished run from its run dir and compare metrics and environment.",
 }
+PLAIN_COMMANDS = {"report": "lmlab.sweep.report", "reproduce": "lmlab.reproduce"}  # not Hydra apps
 
 USAGE = "usage: lmlab <command> [hydra overrides | --help | --cfg job | -m ...]\n\ncommands:\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in COMMANDS.items()
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"lmlab: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    if command in PLAIN_COMMANDS:
+        importlib.import_module(PLAIN_COMMANDS[command]).main(rest)
+        return
     module = importlib.import_module(f"lmlab.{command}")
     # Lightning's DDP launcher starts each worker as `python -m <__main__.__spec__.name> <sys.argv[1:]>`
     # (or `python <sys.argv[0]> ...`): point both at the command's module so workers run the same command.

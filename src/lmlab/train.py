@@ -45,7 +45,12 @@ def _best_checkpoint(trainer: Any) -> dict[str, Any]:
     cb = trainer.checkpoint_callback
     if cb is None or not cb.best_model_path:
         return {}
-    return {"path": cb.best_model_path, "monitor": cb.monitor,
+    import torch
+
+    # mmap: reads the epoch counter without loading the weights.
+    saved = torch.load(cb.best_model_path, map_location="cpu", weights_only=True, mmap=True)
+    return {"path": cb.best_model_path, "monitor": cb.monitor, "epoch": saved.get("epoch"),
+            "global_step": saved.get("global_step"),
             "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
 
 

@@ -1,0 +1,1 @@
+"""Sweeps: reports over a multirun directory, and the Hydra callback that writes them."""

@@ -37,6 +37,23 @@ def resolve_resume(resume: str | None, run_path: Path) -> tuple[str | None, bool
     raise RunDirError(f"resume={target}: no such run dir or checkpoint file. Fix: resume=<RUN_DIR or a .ckpt>.")
 
 
+def _share_cores_with_parallel_jobs() -> None:
+    """Under a parallel launcher (hydra/launcher=local_parallel), give each job cores / n_jobs threads:
+    torch's default of one thread per core in every job oversubscribes the CPU and slows all of them."""
+    import os
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if isinstance(n_jobs, int) and n_jobs != 1:
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
+
+
 def _final_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
@@ -123,6 +140,7 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
         build_trainer,
     )
 
+    _share_cores_with_parallel_jobs()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tokenizer = build_tokenizer(cfg)
     datamodule = build_datamodule(cfg, tokenizer)

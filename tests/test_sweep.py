@@ -75,3 +75,12 @@ def test_reproduce_refuses_a_dir_that_lacks_what_it_needs(workdir: Path):
     proc = run_lmlab("reproduce", str(workdir / "half"), cwd=workdir, check=False)
     assert proc.returncode == 1
     assert ".hydra/config.yaml" in proc.stderr and "metrics.json" in proc.stderr
+
+
+@pytest.mark.slow
+def test_local_parallel_launcher_runs_jobs_in_worker_processes(workdir: Path):
+    run_lmlab("train", "-m", "hydra/launcher=local_parallel", "optimizer.lr=1e-3,2e-3,3e-3", *SMALL, cwd=workdir)
+    sweep = _sweep_dir(workdir)
+    metas = [read_json(sweep / j / "run.json") for j in ("0", "1", "2")]
+    assert all(m["status"] == "completed" for m in metas)
+    assert read_json(sweep / "summary.json")["completed"] == 3

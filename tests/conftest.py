@@ -75,4 +75,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def tiny(*extra: str) -> list[str]:
-    return [*TINY, *extra]
+    """TINY plus ``extra``; a key set in ``extra`` replaces TINY's (a command-line value beats a config group's,
+    so TINY's max_epochs=1 would otherwise silently override e.g. debug=overfit)."""
+    keys = {e.split("=", 1)[0].lstrip("+~") for e in extra}
+    return [*(t for t in TINY if t.split("=", 1)[0] not in keys), *extra]

@@ -152,7 +152,7 @@ def test_same_seed_twice_gives_identical_metrics_and_hits_the_cache(workdir: Pat
 
 
 def test_overfit_tiny_model_reaches_full_train_accuracy(workdir: Path):
-    run_lmlab("train", *tiny("debug=overfit", "optimizer.lr=3e-3", "scheduler.warmup_ratio=0",
+    run_lmlab("train", *tiny("debug=overfit", "trainer.max_epochs=30", "optimizer.lr=3e-3", "scheduler.warmup_ratio=0",
                              "export=false", "test=false"), cwd=workdir)
     (run,) = run_dirs(workdir)
     metrics = read_json(run / "metrics.json")

@@ -38,12 +38,14 @@ def check_max_length(cfg: DictConfig, model: Any) -> None:
 
 
 def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list[str] | None,
-                      weights: bool = True) -> Any:
-    """The task's LightningModule with a freshly loaded/built model (``config``: the plain run config)."""
+                      weights: bool = True, tokenizer: Any = None) -> Any:
+    """The task's LightningModule with a freshly loaded/built model (``config``: the plain run config).
+
+    ``tokenizer`` lets a task size a from-config model's vocabulary (e.g. a tokenizer trained for it)."""
     from lmlab.tasks import load_task
 
     module_cls, _ = load_task(cfg.task.name)
-    model = module_cls.build_model(cfg.model, label_names, weights=weights)
+    model = module_cls.build_model(cfg.model, label_names, weights=weights, tokenizer=tokenizer)
     check_max_length(cfg, model)
     return module_cls(model, config, label_names)
 
@@ -127,7 +129,8 @@ def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, An
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_cfg = config_from_checkpoint(meta["config"], cfg, overrides)
     tokenizer = build_tokenizer(run_cfg)
-    module = build_task_module(run_cfg, meta["config"], meta.get("label_names"), weights=False)
+    module = build_task_module(run_cfg, meta["config"], meta.get("label_names"), weights=False,
+                               tokenizer=tokenizer)
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,24 +14,8 @@ from lmlab.errors import RunDirError
 log = logging.getLogger("lmlab.predict")
 
 
-def _rows(probs: Any, order: list[int], raw: Any, text_cols: list[str], label_names: list[str]) -> list[dict]:
-    """Predictions back in input order, with the input text(s), label name and class probabilities."""
-    by_row: list[Any] = [None] * len(order)
-    for position, row in enumerate(order):
-        by_row[row] = probs[position]
-    out = []
-    for i, p in enumerate(by_row):
-        record = {col: raw[col][i] for col in text_cols}
-        record["label"] = label_names[int(p.argmax())]
-        record["probs"] = {name: round(float(v), 6) for name, v in zip(label_names, p, strict=True)}
-        out.append(record)
-    return out
-
-
 def predict(cfg: DictConfig) -> Path:
     """Write predictions for ``cfg.input`` to ``cfg.output`` (JSONL); returns the output path."""
-    import torch
-
     from lmlab.app import use_hydra_logging
     from lmlab.builders import build_eval_trainer, restore_task
     from lmlab.data.loading import load_split
@@ -51,11 +34,9 @@ def predict(cfg: DictConfig) -> Path:
     datamodule.splits = ("predict",)
     datamodule.prepare_data()
     trainer = build_eval_trainer(run_cfg, str(cfg.paths.output_dir))
-    batches = trainer.predict(module, dataloaders=datamodule.predict_dataloader())
-    probs = torch.cat(batches)  # (rows, num_labels), in loader order
+    outputs = trainer.predict(module, dataloaders=datamodule.predict_dataloader())  # batches, loader order
     raw, _ = load_split(data_cfg, "predict", None)
-    text_cols = [c for c in (data_cfg.text_column, data_cfg.text_pair_column) if c]
-    records = _rows(probs, datamodule.eval_order("predict"), raw, text_cols, meta["label_names"])
+    records = module.prediction_records(outputs, datamodule.eval_order("predict"), raw, data_cfg)
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     log.info("wrote %d predictions to %s", len(records), output)
     return output

@@ -145,7 +145,7 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
     tokenizer = build_tokenizer(cfg)
     datamodule = build_datamodule(cfg, tokenizer)
     datamodule.prepare_data()
-    module = build_task_module(cfg, config, datamodule.label_names)
+    module = build_task_module(cfg, config, datamodule.label_names, tokenizer=tokenizer)
     module.run_info = {"wandb_run_id": wandb_id, "run_dir": str(run.path)}
     loggers.extend(build_loggers(cfg, wandb_id))
     trainer = build_trainer(cfg, build_callbacks(cfg), loggers)

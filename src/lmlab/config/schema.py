@@ -155,14 +155,22 @@ class PathsConfig:
     cache_dir: str = MISSING
 
 
+# A task with options of its own subclasses TaskConfig (and DataConfig for its data keys) and adds the
+# classes here; its YAML files then name `<task>_schema` / `<task>_data_schema` first in their defaults.
+SCHEMAS: list[tuple[str, str, type]] = [
+    ("task", "task_schema", TaskConfig),
+    ("model", "model_schema", ModelConfig),
+    ("data", "data_schema", DataConfig),
+    ("optimizer", "adamw_schema", AdamWConfig),
+    ("optimizer", "sgd_schema", SGDConfig),
+    ("scheduler", "scheduler_schema", SchedulerConfig),
+    ("trainer", "trainer_schema", TrainerConfig),
+    ("paths", "paths_schema", PathsConfig),
+]
+
+
 def register() -> None:
     """Register every schema (idempotent; cheap: dataclasses only)."""
     cs = ConfigStore.instance()
-    cs.store(group="task", name="task_schema", node=TaskConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
-    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    for group, name, node in SCHEMAS:
+        cs.store(group=group, name=name, node=node)

@@ -67,5 +67,14 @@ class TaskModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {"config": self.config, "label_names": self.label_names,
                                       "task": self.config["task"]["name"], **self.run_info}
 
+    # -- prediction output --------------------------------------------------------------------------
+    def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: DictConfig) -> list[dict]:
+        """One JSON-able record per input row, in input order, from ``predict_step`` outputs.
+
+        ``outputs``: what predict_step returned per batch, in loader order; ``order[i]`` is the input row of
+        the i-th example the loader yielded; ``raw``: the input file as a datasets.Dataset.
+        """
+        raise NotImplementedError(f"task {self.config['task']['name']} does not support `lmlab predict`")
+
     def log_metrics(self, metrics: dict[str, torch.Tensor], **kwargs: Any) -> None:
         self.log_dict(metrics, sync_dist=True, **kwargs)

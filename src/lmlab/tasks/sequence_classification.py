@@ -42,7 +42,7 @@ def per_class_report(stats: torch.Tensor, label_names: list[str]) -> dict[str, d
 
 class SequenceClassificationTask(TaskModule):
     @staticmethod
-    def build_model(model_cfg: Any, label_names: list[str], weights: bool = True) -> torch.nn.Module:
+    def build_model(model_cfg: Any, label_names: list[str], weights: bool = True, tokenizer: Any = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
         from lmlab.models import build_model
@@ -102,3 +102,18 @@ class SequenceClassificationTask(TaskModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         batch = {k: v for k, v in batch.items() if k != "labels"}
         return torch.softmax(self(batch).logits.float(), dim=-1)  # (batch, num_labels)
+
+    def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: Any) -> list[dict]:
+        """The input text(s), the predicted label name and every class probability, in input order."""
+        probs = torch.cat(outputs)  # (rows, num_labels), in loader order
+        by_row: list[Any] = [None] * len(order)
+        for position, row in enumerate(order):
+            by_row[row] = probs[position]
+        text_cols = [c for c in (data_cfg.text_column, data_cfg.text_pair_column) if c]
+        records = []
+        for i, p in enumerate(by_row):
+            record = {col: raw[col][i] for col in text_cols}
+            record["label"] = self.label_names[int(p.argmax())]
+            record["probs"] = {name: round(float(v), 6) for name, v in zip(self.label_names, p, strict=True)}
+            records.append(record)
+        return records

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import ConfigError
 
@@ -14,9 +14,22 @@ log = logging.getLogger(__name__)
 
 
 def build_tokenizer(cfg: DictConfig) -> Any:
+    """model.tokenizer / model.name_or_path's tokenizer, or one trained on the train split
+    (model.train_tokenizer; cached, so evaluate/predict and later runs get the same one)."""
     from lmlab.models import load_tokenizer
 
-    return load_tokenizer(cfg.model)
+    if OmegaConf.select(cfg, "model.train_tokenizer.algorithm", default=None) is None:
+        return load_tokenizer(cfg.model)
+    from pathlib import Path
+
+    from lmlab.tasks import load_task
+    from lmlab.tokenizer_training import train_tokenizer
+
+    _, datamodule_cls = load_task(cfg.task.name)
+    corpus = datamodule_cls(cfg.data, None, seed=int(cfg.seed), splits=("train",))
+    spec = OmegaConf.to_container(cfg.model.train_tokenizer, resolve=True)
+    return train_tokenizer(spec, corpus.corpus, corpus.corpus_fingerprint(),
+                           Path(str(cfg.paths.cache_dir)) / "tokenizers")
 
 
 def build_datamodule(cfg: DictConfig, tokenizer: Any, label_names: list[str] | None = None,

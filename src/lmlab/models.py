@@ -105,17 +105,31 @@ def load_tokenizer(model_cfg: DictConfig) -> Any:
                  trust_remote_code=model_cfg.trust_remote_code)
 
 
-def build_model(model_cfg: DictConfig, auto_class: Any, weights: bool = True, **config_overrides: Any) -> Any:
+def tokenizer_config_fields(tokenizer: Any) -> dict[str, Any]:
+    """Vocabulary size and special-token ids a model built from scratch must share with its tokenizer."""
+    fields: dict[str, Any] = {"vocab_size": len(tokenizer)}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            fields[name] = getattr(tokenizer, name)
+    return fields
+
+
+def build_model(model_cfg: DictConfig, auto_class: Any, weights: bool = True, tokenizer: Any = None,
+                **config_overrides: Any) -> Any:
     """A model of ``auto_class`` (e.g. AutoModelForSequenceClassification) from weights or a config.
 
     ``config_overrides`` (num_labels, id2label, ...) are values known only at run time. ``weights=False``
-    builds the architecture only (random init), for restoring a checkpoint's state dict.
+    builds the architecture only (random init), for restoring a checkpoint's state dict. A model built
+    from model.from_config takes its vocabulary size and special-token ids from ``tokenizer`` (fields set
+    in from_config win).
     """
     from transformers import AutoConfig
 
     if model_cfg.from_config is not None:
         fields = OmegaConf.to_container(model_cfg.from_config, resolve=True)
         model_type = fields.pop("model_type")
+        if tokenizer is not None:
+            fields = {**tokenizer_config_fields(tokenizer), **fields}
         config = AutoConfig.for_model(model_type, **fields, **config_overrides)
         return auto_class.from_config(config)
     if not weights:

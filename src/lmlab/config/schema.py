@@ -23,6 +23,14 @@ class TaskConfig:
 
 
 @dataclass
+class TokenizerTrainingConfig:
+    algorithm: str | None = None  # None: no tokenizer training
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str | None = None
     from_config: Any = None  # a dict; typed Any because OmegaConf cannot assign a dict into an Optional[Dict] holding None
@@ -31,6 +39,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     init_from: str | None = None
     train_mode: bool = True
+    # Not Optional: OmegaConf cannot merge a dict override into a structured field holding None.
+    train_tokenizer: TokenizerTrainingConfig = field(default_factory=TokenizerTrainingConfig)
 
 
 @dataclass

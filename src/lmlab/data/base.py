@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,27 @@ class TextDataModule(L.LightningDataModule):
     def encode(self, batch: dict[str, list[Any]], split: str) -> dict[str, list[Any]]:
         """Tokenize a batch of raw rows; must return a ``length`` column (tokens per example)."""
         raise NotImplementedError
+
+    def corpus_columns(self) -> list[str]:
+        """Text columns of the train split a tokenizer trained for this task learns from."""
+        return [c for c in (self.cfg.get("text_column"), self.cfg.get("text_pair_column")) if c]
+
+    def corpus(self) -> Iterator[str]:
+        """Every text of the train split's corpus columns (a list of words is joined with spaces)."""
+        raw, source = load_split(self.cfg, "train", self._raw_cache_dir())
+        columns = self.corpus_columns()
+        require_columns(raw, columns, source, "train")
+        for batch in raw.select_columns(columns).iter(batch_size=1000):
+            for column in columns:
+                for value in batch[column]:
+                    if value is not None:
+                        yield " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    def corpus_fingerprint(self) -> str:
+        """Identity of the corpus: the train file's content hash (or hub name) and the columns read."""
+        path = resolve_file(self.cfg, "train")
+        source = file_fingerprint(path) if path is not None and path.exists() else f"hub:{self.cfg.hub.path}"
+        return f"{source}|{self.corpus_columns()}"
 
     def pad_values(self) -> dict[str, int]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -47,7 +47,8 @@ class SequenceClassificationTask(TaskModule):
 
         from lmlab.models import build_model
 
-        return build_model(model_cfg, AutoModelForSequenceClassification, weights, num_labels=len(label_names),
+        return build_model(model_cfg, AutoModelForSequenceClassification, weights, tokenizer,
+                           num_labels=len(label_names),
                            id2label=dict(enumerate(label_names)),
                            label2id={name: i for i, name in enumerate(label_names)})
 

@@ -3,7 +3,7 @@ names the file / key / value at fault and the fix.
 
 Most cases run in-process on SequenceClassificationDataModule (fast); a few go through the real CLI to
 check exit code 2, a single `lmlab: error:` message, no traceback, and that a failing run leaves an
-earlier finished run alone. Cases marked xfail(strict=True) are lmlab defects, described in the reason.
+earlier finished run alone.
 """
 
 from __future__ import annotations
@@ -121,9 +121,6 @@ JSONL = {"files.train": "train.jsonl", "files.validation": "dev.jsonl"}
 GOOD_DEV_JSONL = '{"text": "great", "label": "pos"}\n'
 EMPTY_LABEL_TRAIN = "text,label\na,1\nb,\nc,0\n"
 SINGLE_LABEL_TRAIN = "text,label\na,pos\nb,pos\n"
-NO_TRAIN_FILE_NAME = ("the message names no file ('The train data has ...'): discover_labels is not given the "
-                      "source path")
-
 DATA_ERRORS = [
     _case("nonexistent_train_file", {"dev.csv": GOOD_DEV},
           ["train file {root}/train.csv does not exist", "data.files.train=", "data.root"]),
@@ -134,9 +131,7 @@ DATA_ERRORS = [
     _case("empty_file_0_bytes", {"train.csv": b"", "dev.csv": GOOD_DEV},
           ["{root}/train.csv is empty (0 bytes)", "data.files.train"]),
     _case("header_only", {"train.csv": "text,label\n", "dev.csv": GOOD_DEV},
-          ["{root}/train.csv has a header but no rows", "data.files.train"],
-          defect="reported as a parse failure ('Could not parse ... ValueError: Instruction \"train\" "
-                 "corresponds to no data!') with a fix about data.format/quoting, not 'has a header but no rows'"),
+          ["{root}/train.csv has a header but no rows", "data.files.train"]),
     _case("missing_text_column", {"train.csv": "sentence,label\na,1\nb,0\n", "dev.csv": GOOD_DEV},
           ["{root}/train.csv has no column(s) ['text']", "its columns are ['sentence', 'label']",
            "data.text_column"]),
@@ -156,15 +151,13 @@ DATA_ERRORS = [
     _case("train_row_with_empty_label", {"train.csv": EMPTY_LABEL_TRAIN, "dev.csv": GOOD_DEV},
           ["1 row(s) without a label in column 'label'", "data row 2", "Fix: remove or label those rows"]),
     _case("train_row_with_empty_label_names_the_file", {"train.csv": EMPTY_LABEL_TRAIN, "dev.csv": GOOD_DEV},
-          ["{root}/train.csv"], defect=NO_TRAIN_FILE_NAME),
+          ["{root}/train.csv"]),
     _case("single_label_value_in_train", {"train.csv": SINGLE_LABEL_TRAIN, "dev.csv": GOOD_DEV},
           ["single label value ['pos']", "column 'label'", "at least two", "data.label_column"]),
     _case("single_label_value_in_train_names_the_file", {"train.csv": SINGLE_LABEL_TRAIN, "dev.csv": GOOD_DEV},
-          ["{root}/train.csv"], defect=NO_TRAIN_FILE_NAME),
+          ["{root}/train.csv"]),
     _case("validation_row_with_empty_label", {"train.csv": GOOD_TRAIN, "dev.csv": "text,label\na,1\nb,\n"},
-          ["{root}/dev.csv", "without a label", "data row 2"],
-          defect="reported as unseen labels ['1.0', 'None']: the empty cell makes pandas read the column "
-                 "as float, so the valid label 1 is blamed too; no missing-label check for non-train splits"),
+          ["{root}/dev.csv", "without a label", "data row 2"]),
     _case("cp1252_bytes_read_as_utf8", {"train.csv": CP1252, "dev.csv": GOOD_DEV},
           ["{root}/train.csv is not valid utf-8", "b'\\xe9'", f"offset {CP1252_OFFSET}", "(line 3)",
            "data.encoding", "cp1252"]),
@@ -186,13 +179,9 @@ DATA_ERRORS = [
           {**TSV, "quoting": "none"}),
     _case("quoted_tab_in_first_tsv_row_with_quoting_none", {"train.tsv": 'text\tlabel\n"a\tb"\t1\nplain\t0\n',
                                                             "dev.tsv": "text\tlabel\nx\t0\n"},
-          ["data.quoting", "line 2", "{root}/train.tsv"], {**TSV, "quoting": "none"},
-          defect="pandas takes the 3-field first row's extra field as an index column, shifting columns; "
-                 "lmlab then blames the correct row 2 ('1 row(s) without a label ... data row 2')"),
+          ["data.quoting", "line 2", "{root}/train.tsv"], {**TSV, "quoting": "none"}),
     _case("comma_separated_file_named_tsv", {"train.tsv": GOOD_TRAIN, "dev.tsv": GOOD_DEV},
-          ["{root}/train.tsv", "its columns are ['text,label']", "data.format"], TSV,
-          defect="the fix offered is to rename data.text_column/label_column; the one-column header "
-                 "'text,label' shows a wrong delimiter and the fix is data.format=csv"),
+          ["{root}/train.tsv", "its columns are ['text,label']", "data.format"], TSV),
 ]
 
 
@@ -203,18 +192,14 @@ def test_bad_data_file_raises_one_clear_data_error(files, overrides, fragments, 
     assert_mentions(str(err.value), [f.format(root=tmp_path) for f in fragments])
 
 
-DOUBLE_REPORT = ("the parse error is reported twice: datasets' own logger (its own stderr handler, and the job "
-                 "log) prints 'Failed to load JSON from file / Failed to read file <path> ...' before lmlab's "
-                 "DataError, so `lmlab train` shows two messages on stderr")
-
 
 @pytest.mark.parametrize(("files", "overrides"), [
     pytest.param({"train.jsonl": '{"text": "a", "label": "pos"}\n{"text": "b", label: neg}\n',
                   "dev.jsonl": GOOD_DEV_JSONL}, JSONL, id="malformed_jsonl",
-                 marks=pytest.mark.xfail(reason=DOUBLE_REPORT, strict=True)),
+                 ),
     pytest.param({"train.tsv": 'text\tlabel\nplain\t0\n"a\tb"\t1\n', "dev.tsv": "text\tlabel\nx\t0\n"},
                  {**TSV, "quoting": "none"}, id="tsv_with_too_many_fields",
-                 marks=pytest.mark.xfail(reason=DOUBLE_REPORT, strict=True)),
+                 ),
 ])
 def test_parse_error_is_reported_once_by_lmlab_only(files, overrides, tmp_path, tokenizer):
     """The DataError is the one report: no library logs its own ERROR about the same file first."""
@@ -452,11 +437,7 @@ def _snapshot(run: Path) -> dict[str, tuple[int, str]]:
     pytest.param(["data.files.train=cp1252.csv"], ["cp1252.csv is not valid utf-8", "(line 3)", "cp1252"],
                  id="bad_data_in_a_new_run"),
     pytest.param(["hydra.run.dir={run}"], ["{run} already holds a run", "resume={run}"],
-                 id="run_dir_set_to_the_finished_run",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "lmlab refuses the run (exit 2, 'already holds a run') but only after Hydra has "
-                     "overwritten the finished run's .hydra/config.yaml, hydra.yaml, overrides.yaml and "
-                     "appended to its train.log"))),
+                 id="run_dir_set_to_the_finished_run"),
 ])
 def test_failing_run_leaves_an_earlier_finished_run_untouched(args, fragments, finished_run):
     cwd, run = finished_run

@@ -55,6 +55,20 @@ def _resume_overrides(args: list[str]) -> list[str]:
     return [*previous, *args, f"hydra.run.dir=\"{run_dir}\"", f"hydra.output_subdir=.hydra/resume-{stamp}"]
 
 
+def _refuse_existing_run_dir(args: list[str]) -> None:
+    """`hydra.run.dir=DIR` naming a dir that holds a run fails here, before Hydra writes its .hydra/ files and
+    log into it (train() checks again for dirs set another way)."""
+    from pathlib import Path
+
+    from lmlab.run_dir import RunDir
+
+    if "-m" in args or "--multirun" in args or any(_override_key(a) == "resume" for a in args):
+        return
+    value = next((a.split("=", 1)[1] for a in args if _override_key(a) == "hydra.run.dir" and "=" in a), None)
+    if value:
+        RunDir(str(Path(value.strip("'\"")).expanduser())).ensure_fresh()
+
+
 def _record_job_failure(error: BaseException, output_dir: str) -> None:
     import traceback
     from pathlib import Path
@@ -120,6 +134,11 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
     schema.register()
     resolvers.register()
     if not _is_child_rank():
+        try:
+            _refuse_existing_run_dir(sys.argv[1:])
+        except LmlabError as error:
+            _report(error)
+            raise SystemExit(error.exit_code) from None
         sys.argv[1:] = _resume_overrides(sys.argv[1:])
     sys.argv.extend(_child_rank_overrides())
 

@@ -21,7 +21,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lmlab.data.loading import load_split, require_columns, resolve_file
+from lmlab.data.loading import column_values, load_split, require_columns, resolve_file
 from lmlab.data.sampling import LengthGroupedSampler, PadCollator, by_length
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class TextDataModule(L.LightningDataModule):
     """Shared base; subclasses implement ``columns`` and ``encode`` (and may extend ``pad_values``)."""
 
     task_name = "text"
+    # Raw rows per ``encode`` call; None = the whole split at once (tasks that group rows across a split).
+    encode_batch_size: int | None = 1000
 
     def __init__(self, data_cfg: DictConfig, tokenizer: Any, seed: int = 0, label_names: list[str] | None = None,
                  splits: tuple[str, ...] = SPLITS):
@@ -69,6 +71,7 @@ class TextDataModule(L.LightningDataModule):
         self.splits = tuple(s for s in splits if resolve_file(data_cfg, s) is not None or
                             (data_cfg.hub.path and data_cfg.hub.get(f"{s}_split")))
         self.datasets: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}  # split -> the file (or hub name) it was read from, for messages
         self.stats: dict[str, dict[str, Any]] = {}
         self.cache_hits: dict[str, bool] = {}
 
@@ -103,24 +106,38 @@ class TextDataModule(L.LightningDataModule):
                     if value is not None:
                         yield " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
+    def source_fingerprint(self, split: str) -> str:
+        """Identity of a split's input: its file's content hash, or the hub name when there is no local file.
+        A task that reads several files per split (seq2seq's line-aligned source/target files) extends it."""
+        path = resolve_file(self.cfg, split)
+        return file_fingerprint(path) if path is not None and path.exists() else f"hub:{self.cfg.hub.path}"
+
     def corpus_fingerprint(self) -> str:
         """Identity of the corpus: the train file's content hash (or hub name) and the columns read."""
-        path = resolve_file(self.cfg, "train")
-        source = file_fingerprint(path) if path is not None and path.exists() else f"hub:{self.cfg.hub.path}"
-        return f"{source}|{self.corpus_columns()}"
+        return f"{self.source_fingerprint('train')}|{self.corpus_columns()}"
 
     def pad_values(self) -> dict[str, int]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return {"input_ids": pad, "attention_mask": 0, "token_type_ids": 0}
+
+    def collator(self) -> Any:
+        """Turns a list of encoded rows into a batch (seq2seq extends it to carry reference texts)."""
+        return PadCollator(self.pad_values(), self.tokenizer.padding_side)
 
     # -- caching ------------------------------------------------------------------------------------
     def _limit(self, split: str) -> int | None:
         return {"train": self.cfg.limit_train_samples, "validation": self.cfg.limit_val_samples,
                 "test": self.cfg.limit_test_samples}.get(split)
 
+    def select_rows(self, raw: Any, split: str) -> Any:
+        """The raw rows to encode: data.limit_*_samples of them (train: a seeded random subset)."""
+        limit = self._limit(split)
+        if limit is not None and limit < len(raw):
+            raw = (raw.shuffle(seed=self.seed) if split == "train" else raw).select(range(limit))
+        return raw
+
     def _cache_key(self, split: str) -> str:
-        path = resolve_file(self.cfg, split)
-        source = file_fingerprint(path) if path is not None and path.exists() else f"hub:{self.cfg.hub.path}"
+        source = self.source_fingerprint(split)
         options = OmegaConf.to_container(self.cfg, resolve=True)
         for volatile in ("root", "files", "cache_dir", "use_cache", "batch_size", "eval_batch_size",
                          "num_workers", "group_by_length", "name"):
@@ -135,17 +152,16 @@ class TextDataModule(L.LightningDataModule):
 
     def _build_split(self, split: str) -> tuple[Any, dict[str, Any]]:
         raw, source = load_split(self.cfg, split, self._raw_cache_dir())
+        self.sources[split] = source
         require_columns(raw, self.columns(split), source, split)
         self.check_split(raw, split, source)
-        limit = self._limit(split)
         total = len(raw)
-        if limit is not None and limit < total:
-            raw = (raw.shuffle(seed=self.seed) if split == "train" else raw).select(range(limit))
-        encoded = raw.map(lambda b: self.encode(b, split), batched=True, batch_size=1000,
+        raw = self.select_rows(raw, split)
+        encoded = raw.map(lambda b: self.encode(b, split), batched=True, batch_size=self.encode_batch_size,
                           remove_columns=raw.column_names, desc=f"tokenize {split}",
                           keep_in_memory=True, new_fingerprint=self._cache_key(split))
-        lengths = encoded["length"]
-        truncated = sum(1 for n in encoded["untruncated_length"] if n > self.cfg.max_length)
+        lengths = column_values(encoded, "length")
+        truncated = sum(1 for n in column_values(encoded, "untruncated_length") if n > self.cfg.max_length)
         encoded = encoded.remove_columns(["untruncated_length"])
         stats = {"source": source, "rows": len(encoded), "rows_in_file": total, "truncated": truncated,
                  "max_tokens": max(lengths), "mean_tokens": sum(lengths) / len(lengths),
@@ -201,6 +217,7 @@ class TextDataModule(L.LightningDataModule):
         """Tokenize (or load from cache) every configured split. Safe to call on every rank."""
         if self.label_names is None and "train" in self.splits:
             raw, source = load_split(self.cfg, "train", self._raw_cache_dir())
+            self.sources["train"] = source
             require_columns(raw, self.columns("train"), source, "train")
             self.label_names = self.discover_labels(raw)
         for split in self.splits:
@@ -213,7 +230,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
-        lengths = ds["length"]
+        lengths = column_values(ds, "length")
         ds = ds.remove_columns(["length"])
         if train:
             sampler: Any = LengthGroupedSampler(lengths, self.cfg.batch_size, self.seed,
@@ -221,7 +238,7 @@ class TextDataModule(L.LightningDataModule):
         else:
             sampler = by_length(lengths) if self.cfg.group_by_length else None
         return DataLoader(ds, batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
-                          sampler=sampler, collate_fn=PadCollator(self.pad_values(), self.tokenizer.padding_side),
+                          sampler=sampler, collate_fn=self.collator(),
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
                           drop_last=False)
 
@@ -239,5 +256,5 @@ class TextDataModule(L.LightningDataModule):
 
     def eval_order(self, split: str) -> list[int]:
         """Row order in which the eval/predict loader of ``split`` yields examples."""
-        lengths = self.datasets[split]["length"]
+        lengths = column_values(self.datasets[split], "length")
         return by_length(lengths) if self.cfg.group_by_length else list(range(len(lengths)))

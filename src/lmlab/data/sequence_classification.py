@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.data.base import TextDataModule
+from lmlab.data.loading import column_values
 from lmlab.errors import DataError
 
 
@@ -30,18 +31,22 @@ class SequenceClassificationDataModule(TextDataModule):
             cols.append(self.cfg.label_column)
         return cols
 
-    def discover_labels(self, train: Any) -> list[str]:
-        values = train[self.cfg.label_column]
+    def _require_labels(self, values: list[Any], split: str, source: str) -> None:
         missing = [i for i, v in enumerate(values) if v is None or v == ""]
         if missing:
             raise DataError(
-                f"The train data has {len(missing)} row(s) without a label in column {self.cfg.label_column!r} "
-                f"(first at data row {missing[0] + 1}). Fix: remove or label those rows."
+                f"The {split} data {source} has {len(missing)} row(s) without a label in column "
+                f"{self.cfg.label_column!r} (first at data row {missing[0] + 1}). Fix: remove or label those rows."
             )
+
+    def discover_labels(self, train: Any) -> list[str]:
+        source = self.sources.get("train", "")
+        values = column_values(train, self.cfg.label_column)
+        self._require_labels(values, "train", source)
         names = [str(v) for v in sorted(set(values), key=_label_key)]
         if len(names) < 2:
             raise DataError(
-                f"The train data has a single label value {names} in column {self.cfg.label_column!r}; "
+                f"The train data {source} has a single label value {names} in column {self.cfg.label_column!r}; "
                 "classification needs at least two. Fix: check data.label_column."
             )
         return names
@@ -49,8 +54,10 @@ class SequenceClassificationDataModule(TextDataModule):
     def check_split(self, ds: Any, split: str, source: str) -> None:
         if not self.has_labels(split) or self.label_names is None:
             return
+        values = column_values(ds, self.cfg.label_column)
+        self._require_labels(values, split, source)
         known = set(self.label_names)
-        unseen = sorted({str(v) for v in ds[self.cfg.label_column]} - known, key=_label_key)
+        unseen = sorted({str(v) for v in values} - known, key=_label_key)
         if unseen:
             raise DataError(
                 f"The {split} data {source} has label value(s) {unseen[:10]} in column "

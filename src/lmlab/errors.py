@@ -35,3 +35,7 @@ class CheckpointError(LmlabError):
 
 class RunDirError(LmlabError):
     """The run directory cannot be used (exists, not writable, incomplete)."""
+
+
+class TrainingError(LmlabError):
+    """Training cannot go on (e.g. the loss or gradients became NaN/inf); the last good checkpoint is kept."""

@@ -54,6 +54,47 @@ def redact(obj: Any) -> Any:
     return obj
 
 
+def redact_override(override: str) -> str:
+    """``api_key=abc`` -> ``api_key=***REDACTED***`` (other overrides unchanged)."""
+    key, eq, _ = override.partition("=")
+    return f"{key}={REDACTED}" if eq and SECRET_KEY.search(key.lstrip("+~").rsplit(".", 1)[-1]) else override
+
+
+def secret_values(cfg: DictConfig, overrides: list[str]) -> set[str]:
+    """Every secret this run knows: values under secret-looking keys in the resolved config and the
+    overrides, and secret-looking environment variables (WANDB_API_KEY, HF_TOKEN, ...)."""
+    found: set[str] = set()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if isinstance(k, str) and SECRET_KEY.search(k) and isinstance(v, str | int) and str(v):
+                    found.add(str(v))
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if eq and SECRET_KEY.search(key.lstrip("+~").rsplit(".", 1)[-1]) and value:
+            found.add(value)
+    found.update(v for k, v in os.environ.items() if SECRET_KEY.search(k) and len(v) >= 6)
+    return {v for v in found if len(v) >= 4 and v != REDACTED}
+
+
+def scrub_files(paths: list[Path], secrets: set[str]) -> None:
+    """Replace every secret in these text files (Hydra's .hydra/*.yaml copy the command line verbatim)."""
+    for path in paths:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        clean = text
+        for secret in sorted(secrets, key=len, reverse=True):
+            clean = clean.replace(secret, REDACTED)
+        if clean != text:
+            atomic_write_text(path, clean)
+
+
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain Python (what loggers and checkpoints store), secrets redacted."""
     return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
@@ -160,6 +201,9 @@ class RunDir:
         """Record what is needed to understand and reproduce this run."""
         if not self.write:
             return
+        scrub_files(sorted((self.path / ".hydra").rglob("*.yaml")), secret_values(cfg, overrides))
+        command = " ".join(redact_override(part) for part in command.split(" "))
+        overrides = [redact_override(o) for o in overrides]
         git = git_state(Path.cwd())
         if git.get("diff"):
             atomic_write_text(self.path / "git.diff", git["diff"])

@@ -75,8 +75,11 @@ def export_pretrained(module: Any, tokenizer: Any, best: dict[str, Any], out_dir
     """save_pretrained of the best weights + tokenizer + label map, loadable without lmlab."""
     import json
 
+    from transformers.utils import logging as hf_logging
+
     from lmlab.checkpoints import load_checkpoint
 
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per export is noise in the job log
     if best.get("path"):
         module.load_state_dict(load_checkpoint(best["path"])["state_dict"])
     module.model.save_pretrained(out_dir)
@@ -112,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         metrics = _fit_test_export(cfg, config, run, resume_ckpt, wandb_id, loggers)
         metrics["wall_time_s"] = round(time.time() - started, 2)
+        metrics["status"] = "completed"
         run.write_metrics(metrics)
         failed = False
         if run.write:
@@ -119,6 +123,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return metrics
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
+        if not (run.path / "metrics.json").exists():  # never replace a finished run's metrics
+            run.write_metrics({"status": "failed", "error": error, "task": cfg.task.name})
         raise
     finally:
         finish_loggers(loggers, failed)

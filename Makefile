@@ -29,3 +29,9 @@ lint:
 
 bench:
 	$(PYTHON) benchmarks/overhead.py
+
+# MLM-pretrain a small BERT on WikiText-2, fine-tune it on SST-2 from random init and from the pretrained
+# weights, print both dev accuracies (src/lmlab/compare_pretraining.py).
+.PHONY: compare-pretraining
+compare-pretraining:
+	$(PYTHON) -m lmlab.compare_pretraining

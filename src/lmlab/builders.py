@@ -54,13 +54,20 @@ def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list
                       weights: bool = True, tokenizer: Any = None) -> Any:
     """The task's LightningModule with a freshly loaded/built model (``config``: the plain run config).
 
-    ``tokenizer`` lets a task size a from-config model's vocabulary (e.g. a tokenizer trained for it)."""
+    ``tokenizer`` lets a task size a from-config model's vocabulary (e.g. a tokenizer trained for it), and
+    reaches tasks that use it at run time (``needs_tokenizer``: masking, sample generation). With
+    ``weights`` (a new run, not a restore), model.init_from loads a lmlab checkpoint's matching weights."""
     from lmlab.tasks import load_task
 
     module_cls, _ = load_task(cfg.task.name)
     model = module_cls.build_model(cfg.model, label_names, weights=weights, tokenizer=tokenizer)
     check_max_length(cfg, model)
-    return module_cls(model, config, label_names)
+    if weights and cfg.model.init_from:
+        from lmlab.models import init_from_checkpoint
+
+        init_from_checkpoint(model, str(cfg.model.init_from))
+    extra = {"tokenizer": tokenizer} if getattr(module_cls, "needs_tokenizer", False) else {}
+    return module_cls(model, config, label_names, **extra)
 
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:

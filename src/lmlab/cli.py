@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "Fit a model (then test and export the best checkpoint).",
     "evaluate": "Score a checkpoint on a split (reproduces the train-time test metrics).",
     "predict": "Write one JSON line of predictions per row of an input file.",
+    "generate": "Print a causal LM's continuation of a prompt (a checkpoint or an export dir).",
     "report": "Summarise a multirun sweep dir: summary.csv/.md, a plot, the best override line.",
     "reproduce": "Re-run a finished run from its run dir and compare metrics and environment.",
 }

@@ -138,3 +138,70 @@ def build_model(model_cfg: DictConfig, auto_class: Any, weights: bool = True, to
         return auto_class.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
     return _load(auto_class, model_cfg.name_or_path, "model", revision=model_cfg.revision,
                  trust_remote_code=model_cfg.trust_remote_code, **config_overrides)
+
+
+def _input_embedding_name(model: Any) -> str | None:
+    """State-dict name of the model's token embedding matrix (its rows = the vocabulary)."""
+    embedding = model.get_input_embeddings()
+    return next((name for name, p in model.named_parameters() if p is embedding.weight), None)
+
+
+def _align_names(source: dict[str, Any], target: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Source names as the target spells them: a base model's names lack the head model's ``prefix.``."""
+    if not prefix or source.keys() & target.keys():
+        return source
+    stripped = {k.removeprefix(f"{prefix}."): v for k, v in source.items()}
+    if stripped.keys() & target.keys():
+        return stripped
+    return {f"{prefix}.{k}": v for k, v in source.items()}
+
+
+def init_from_checkpoint(model: Any, path: str) -> dict[str, list[str]]:
+    """Copy the weights of lmlab checkpoint ``path`` into ``model`` where names and shapes match.
+
+    A pretraining checkpoint (BertForMaskedLM) gives a fine-tuning model (BertForSequenceClassification) its
+    encoder; the new head stays randomly initialised. Logs what was loaded, left new, unused and mismatched;
+    returns those lists. Fails when the vocabularies differ or nothing matches.
+    """
+    from lmlab.checkpoints import lmlab_metadata, load_checkpoint
+    from lmlab.errors import CheckpointError
+
+    ckpt_path = Path(path).expanduser()
+    checkpoint = load_checkpoint(ckpt_path)
+    lmlab_metadata(checkpoint, ckpt_path)
+    target = model.state_dict()
+    # The task module holds the transformers model as `model`: its weights are saved as model.<name>.
+    source = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    source = _align_names(source, target, getattr(model, "base_model_prefix", ""))
+    export = ckpt_path.parent.parent / "export"
+    fix_model = f"model.tokenizer={export}" if export.is_dir() else "model.tokenizer=<that run's export/ dir>"
+    embedding = _input_embedding_name(model)
+    if embedding in source and source[embedding].shape[0] != target[embedding].shape[0]:
+        raise CheckpointError(
+            f"model.init_from={ckpt_path}: its vocabulary has {source[embedding].shape[0]} tokens, this run's "
+            f"tokenizer {target[embedding].shape[0]} ({embedding}). Token ids would mean different words. Fix: use "
+            f"the checkpoint's own tokenizer ({fix_model}, with model.train_tokenizer.algorithm=null), or load its "
+            f"export instead: model=pretrained model.name_or_path={export}."
+        )
+    loaded = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
+    report = {
+        "loaded": sorted(loaded),
+        "mismatched": sorted(f"{k} {tuple(source[k].shape)} vs {tuple(target[k].shape)}"
+                             for k in source if k in target and k not in loaded),
+        "missing": sorted(k for k in target if k not in source),
+        "unexpected": sorted(k for k in source if k not in target),
+    }
+    if not loaded:
+        raise CheckpointError(
+            f"model.init_from={ckpt_path}: none of its {len(source)} weights matches this model by name and shape "
+            f"(checkpoint has e.g. {sorted(source)[:3]}, the model expects e.g. {sorted(target)[:3]}). Fix: "
+            "init from a checkpoint of the same architecture (the same model.from_config), or model.init_from=null."
+        )
+    model.load_state_dict(loaded, strict=False)
+    log.info("model.init_from=%s: loaded %d of the model's %d weights", ckpt_path, len(loaded), len(target))
+    for kind, what in (("missing", "not in the checkpoint, newly initialised"),
+                       ("unexpected", "in the checkpoint, not used by this model"),
+                       ("mismatched", "shape differs, newly initialised")):
+        if report[kind]:
+            log.info("model.init_from: %d %s: %s", len(report[kind]), what, ", ".join(report[kind]))
+    return report

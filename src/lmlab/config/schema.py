@@ -86,6 +86,81 @@ class DataConfig:
 
 
 @dataclass
+class SequenceClassificationTaskConfig(TaskConfig):
+    positive_label: str | None = None
+
+
+@dataclass
+class TokenClassificationTaskConfig(TaskConfig):
+    metric_mode: str = "conlleval"
+
+
+@dataclass
+class TokenClassificationDataConfig(DataConfig):
+    tag_column_index: int = -1
+    tag_scheme: str = "iob2"
+    invalid_tags: str = "repair"
+    label_all_subwords: bool = False
+
+
+@dataclass
+class GenerationConfig:
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 40
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int = 0
+    every_n_epochs: int = 1
+
+
+@dataclass
+class CausalLMTaskConfig(TaskConfig):
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class MaskedLMTaskConfig(TaskConfig):
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+
+
+@dataclass
+class LineRanges:
+    train: list[float] | None = None
+    validation: list[float] | None = None
+    test: list[float] | None = None
+
+
+@dataclass
+class LanguageModelingDataConfig(DataConfig):
+    grouping: str = "block"
+    line_ranges: LineRanges = field(default_factory=LineRanges)
+    next_sentence: bool = False
+
+
+@dataclass
+class Seq2SeqTaskConfig(TaskConfig):
+    source_prefix: str = ""
+    num_beams: int = 4
+    max_new_tokens: int = 64
+
+
+@dataclass
+class Seq2SeqDataConfig(DataConfig):
+    source_column: str = "source"
+    target_column: str = "target"
+    source_suffix: str | None = None
+    target_suffix: str | None = None
+    source_prefix: str = ""
+    max_target_length: int = 128
+    skip_empty: bool = True
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     _partial_: bool = True
@@ -169,6 +244,14 @@ class PathsConfig:
 # classes here; its YAML files then name `<task>_schema` / `<task>_data_schema` first in their defaults.
 SCHEMAS: list[tuple[str, str, type]] = [
     ("task", "task_schema", TaskConfig),
+    ("task", "sequence_classification_schema", SequenceClassificationTaskConfig),
+    ("task", "token_classification_schema", TokenClassificationTaskConfig),
+    ("data", "token_classification_data_schema", TokenClassificationDataConfig),
+    ("task", "causal_lm_schema", CausalLMTaskConfig),
+    ("task", "masked_lm_schema", MaskedLMTaskConfig),
+    ("data", "language_modeling_data_schema", LanguageModelingDataConfig),
+    ("task", "seq2seq_schema", Seq2SeqTaskConfig),
+    ("data", "seq2seq_data_schema", Seq2SeqDataConfig),
     ("model", "model_schema", ModelConfig),
     ("data", "data_schema", DataConfig),
     ("optimizer", "adamw_schema", AdamWConfig),

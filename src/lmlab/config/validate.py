@@ -14,8 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmlab.errors import ConfigError
 
-DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "json")
+DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "conll", "text", "parallel")
 QUOTING = ("minimal", "none")
+TAG_SCHEMES = ("iob2", "iob1")
+INVALID_TAGS = ("repair", "error")
+NER_METRIC_MODES = ("conlleval", "strict")
 SCHEDULERS = ("linear", "cosine", "constant")
 MONITOR_MODES = ("min", "max")
 
@@ -111,7 +114,59 @@ def _check_run(cfg: DictConfig, problems: list[str]) -> None:
         _check_choice(problems, cfg, "split", ("test", "validation"))
 
 
-CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_data, _check_model, _check_optim, _check_run)
+def _check_token_classification(cfg: DictConfig, problems: list[str]) -> None:
+    """The token-classification keys (present only in its task/data options)."""
+    _check_choice(problems, cfg, "task.metric_mode", NER_METRIC_MODES)
+    _check_choice(problems, cfg, "data.tag_scheme", TAG_SCHEMES)
+    _check_choice(problems, cfg, "data.invalid_tags", INVALID_TAGS)
+
+
+def _check_language_modeling(cfg: DictConfig, problems: list[str]) -> None:
+    """The keys of task=causal_lm / masked_lm and of language-modeling (raw text) data configs."""
+    task = _get(cfg, "task.name")
+    # (A task paired with another task's data config is reported by the datamodule: every group option
+    # alone composes with the default data=sst2, and must still validate.)
+    _check_choice(problems, cfg, "data.grouping", ("line", "block"))
+    for split in ("train", "validation", "test"):
+        span = _get(cfg, f"data.line_ranges.{split}")
+        if span is not None and not (len(span) == 2 and 0.0 <= span[0] < span[1] <= 1.0):
+            problems.append(f"data.line_ranges.{split}={list(span)} must be [start, end] fractions of the file's "
+                            f"lines with 0 <= start < end <= 1. Fix: `data.line_ranges.{split}=[0.9,1.0]`.")
+    if _get(cfg, "data.next_sentence") and (task != "masked_lm" or _get(cfg, "data.grouping") != "line"):
+        problems.append("data.next_sentence=true builds sentence pairs from lines for BERT's next-sentence "
+                        f"prediction (task is {task}, data.grouping={_get(cfg, 'data.grouping')}). Fix: "
+                        "task=masked_lm data.grouping=line, or data.next_sentence=false.")
+    if task == "masked_lm":
+        for key in ("task.mlm_probability", "task.mask_replace_prob", "task.random_replace_prob"):
+            value = _get(cfg, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                problems.append(f"{key}={value} must be a probability in [0, 1]. Fix: `{key}=0.15`.")
+    if task == "causal_lm":
+        for key in ("task.generation.max_new_tokens", "task.generation.temperature", "task.generation.every_n_epochs"):
+            _check_positive(problems, cfg, key)
+        _check_positive(problems, cfg, "task.generation.top_k", allow_zero=True)
+        top_p = _get(cfg, "task.generation.top_p")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            problems.append(f"task.generation.top_p={top_p} must be in (0, 1]. Fix: `task.generation.top_p=0.9`.")
+
+
+def _check_seq2seq(cfg: DictConfig, problems: list[str]) -> None:
+    """Parallel files need both suffixes; the generation settings of task=seq2seq must be positive. (Whether
+    the data config suits the task is checked by Seq2SeqDataModule: each option composes on its own here.)"""
+    if _get(cfg, "data.format") == "parallel":
+        for side in ("source", "target"):
+            if not _get(cfg, f"data.{side}_suffix"):
+                problems.append(
+                    f"data.format=parallel needs data.{side}_suffix, the ending of each split's {side} file "
+                    f"(train + .en -> train.en). Fix: `data.{side}_suffix=.en` (your file's ending)."
+                )
+    for key in ("task.num_beams", "task.max_new_tokens", "data.max_target_length"):  # seq2seq keys only
+        _check_positive(problems, cfg, key)
+
+
+CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_data, _check_model, _check_optim, _check_run,
+                                                               _check_token_classification, _check_language_modeling,
+                                                               _check_seq2seq)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -7,6 +7,22 @@ TASKS = {
         "lmlab.tasks.sequence_classification:SequenceClassificationTask",
         "lmlab.data.sequence_classification:SequenceClassificationDataModule",
     ),
+    "token_classification": (
+        "lmlab.tasks.token_classification:TokenClassificationTask",
+        "lmlab.data.token_classification:TokenClassificationDataModule",
+    ),
+    "seq2seq": (
+        "lmlab.tasks.seq2seq:Seq2SeqTask",
+        "lmlab.data.seq2seq:Seq2SeqDataModule",
+    ),
+    "causal_lm": (
+        "lmlab.tasks.causal_lm:CausalLMTask",
+        "lmlab.data.language_modeling:CausalLMDataModule",
+    ),
+    "masked_lm": (
+        "lmlab.tasks.masked_lm:MaskedLMTask",
+        "lmlab.data.language_modeling:MaskedLMDataModule",
+    ),
 }
 
 

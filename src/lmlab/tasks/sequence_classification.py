@@ -17,6 +17,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
+from lmlab.data.loading import column_values
 from lmlab.tasks.base import TaskModule
 
 
@@ -40,6 +41,19 @@ def per_class_report(stats: torch.Tensor, label_names: list[str]) -> dict[str, d
     return report
 
 
+def positive_label(name: Any, label_names: list[str]) -> str | None:
+    """The class scored as f1_pos: ``task.positive_label``, else the second label of a binary task (GLUE's
+    convention for 0/1 labels), else None (no f1_pos)."""
+    if name is None:
+        return label_names[1] if len(label_names) == 2 else None
+    if str(name) not in label_names:
+        from lmlab.errors import ConfigError
+
+        raise ConfigError([f"task.positive_label={name!r} is not a label of the training data (labels: "
+                           f"{label_names}). Fix: task.positive_label=<one of them>, or null."])
+    return str(name)
+
+
 class SequenceClassificationTask(TaskModule):
     @staticmethod
     def build_model(model_cfg: Any, label_names: list[str], weights: bool = True, tokenizer: Any = None) -> torch.nn.Module:
@@ -59,6 +73,8 @@ class SequenceClassificationTask(TaskModule):
         self.val_metrics = _metrics(n)
         self.test_metrics = _metrics(n)
         self.class_report: dict[str, dict[str, float]] = {}
+        # .get: checkpoints written before task.positive_label existed do not have the key.
+        self.positive_label = positive_label(config["task"].get("positive_label"), label_names)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(**batch)
@@ -79,8 +95,8 @@ class SequenceClassificationTask(TaskModule):
         values = metrics.compute()  # synced across ranks by torchmetrics
         metrics.reset()
         stats = values.pop("stats")
-        if len(self.label_names) == 2:
-            values["f1_pos"] = torch.tensor(per_class_report(stats, self.label_names)[self.label_names[1]]["f1"])
+        if self.positive_label is not None:
+            values["f1_pos"] = torch.tensor(per_class_report(stats, self.label_names)[self.positive_label]["f1"])
         self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, prog_bar=prefix == "val")
         return {"stats": stats}
 
@@ -111,9 +127,10 @@ class SequenceClassificationTask(TaskModule):
         for position, row in enumerate(order):
             by_row[row] = probs[position]
         text_cols = [c for c in (data_cfg.text_column, data_cfg.text_pair_column) if c]
+        texts = {col: column_values(raw, col) for col in text_cols}
         records = []
         for i, p in enumerate(by_row):
-            record = {col: raw[col][i] for col in text_cols}
+            record = {col: texts[col][i] for col in text_cols}
             record["label"] = self.label_names[int(p.argmax())]
             record["probs"] = {name: round(float(v), 6) for name, v in zip(self.label_names, p, strict=True)}
             records.append(record)

@@ -448,3 +448,11 @@ def test_failing_run_leaves_an_earlier_finished_run_untouched(args, fragments, f
     assert_one_lmlab_error(proc, [f.format(run=run) for f in fragments], quiet_about="cp1252.csv")
     assert _snapshot(run) == before, "the failing run changed files of the finished run"
     assert read_json(run / "run.json")["status"] == "completed"
+
+
+@pytest.mark.parametrize(("fmt", "task"), [("conll", "token_classification"), ("text", "masked_lm"),
+                                           ("parallel", "seq2seq")])
+def test_data_of_another_task_is_refused_by_sequence_classification(fmt, task, tmp_path, tokenizer):
+    with pytest.raises(DataError) as err:
+        SequenceClassificationDataModule(data_cfg(tmp_path, {"format": fmt}), tokenizer, seed=0)
+    assert_mentions(str(err.value), [f"data.format={fmt}", f"task={task}", "data=sst2"])

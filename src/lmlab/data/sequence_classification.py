@@ -17,8 +17,22 @@ def _label_key(value: Any) -> tuple[int, Any]:
         return (1, str(value))
 
 
+# Formats that hold no (text, label) rows: they belong to the token-level, LM and seq2seq tasks.
+OTHER_TASK_FORMATS = {"conll": "token_classification", "text": "masked_lm or causal_lm", "parallel": "seq2seq"}
+
+
 class SequenceClassificationDataModule(TextDataModule):
     task_name = "sequence_classification"
+
+    def __init__(self, data_cfg: Any, *args: Any, **kwargs: Any):
+        fmt = data_cfg.get("format")
+        if fmt in OTHER_TASK_FORMATS:
+            raise DataError(
+                f"data={data_cfg.name} is {fmt} data (data.format={fmt}), made for task={OTHER_TASK_FORMATS[fmt]}; "
+                "task=sequence_classification needs one text (or a pair) and one label per row. Fix: choose "
+                "the matching task, or a classification data config (data=sst2, mrpc, rte or local)."
+            )
+        super().__init__(data_cfg, *args, **kwargs)
 
     def has_labels(self, split: str) -> bool:
         return split != "predict"
@@ -42,6 +56,12 @@ class SequenceClassificationDataModule(TextDataModule):
     def discover_labels(self, train: Any) -> list[str]:
         source = self.sources.get("train", "")
         values = column_values(train, self.cfg.label_column)
+        if any(isinstance(v, list | dict) for v in values[:100]):
+            raise DataError(
+                f"The train data {source} has lists in label column {self.cfg.label_column!r}, not one label per "
+                "row: it looks like token-level data. Fix: task=token_classification, or point "
+                "data.label_column at a column with one label per row."
+            )
         self._require_labels(values, "train", source)
         names = [str(v) for v in sorted(set(values), key=_label_key)]
         if len(names) < 2:

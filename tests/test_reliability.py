@@ -11,7 +11,7 @@ from lmlab.callbacks.non_finite import NonFiniteGuard
 from lmlab.checkpoints import load_checkpoint
 from lmlab.errors import CheckpointError, TrainingError
 
-from .conftest import cli_env, read_json, run_dirs, run_lmlab, tiny
+from .conftest import DATA_ROOT, cli_env, read_json, run_dirs, run_lmlab, tiny
 
 
 class PoisonedRegression:
@@ -137,3 +137,18 @@ def test_secrets_from_env_and_config_never_reach_the_run_dir(tmp_path: Path):
              and (env_secret.encode() in p.read_bytes() or config_secret.encode() in p.read_bytes())]
     assert leaks == []
     assert "api_key: '***REDACTED***'" in (run / "config_resolved.yaml").read_text()
+
+
+# -- reproducibility ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe", "unigram"])
+def test_trained_tokenizer_is_identical_across_trainings(algorithm: str, tmp_path: Path):
+    """`tokenizers` hands out ids in hash-map order; lmlab puts the vocabulary in a canonical order."""
+    from lmlab.tokenizer_training import train_tokenizer
+
+    lines = [line for name in ("train.en", "train.de")
+             for line in (DATA_ROOT / "multi30k-en-de" / name).read_text().splitlines()[:2000]]
+    spec = {"algorithm": algorithm, "vocab_size": 1000, "min_frequency": 2, "lowercase": True}
+    first, second = (train_tokenizer(spec, lambda: iter(lines), "same-corpus", tmp_path / run)
+                     for run in ("a", "b"))
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
+    assert first("Two dogs are playing.")["input_ids"] == second("Two dogs are playing.")["input_ids"]

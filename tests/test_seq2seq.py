@@ -28,7 +28,7 @@ RECIPE_FAST = ["experiment=translate_tiny_multi30k", "debug=fast_dev_run", "data
                "data.limit_val_samples=16", "data.limit_test_samples=16", "data.batch_size=8",
                "data.eval_batch_size=8", "task.max_new_tokens=8", "task.num_beams=2", *QUIET]
 N_PAIRS = 12  # memorised pairs: the first lines of Multi30k train
-OVERFIT_EPOCHS = 150
+OVERFIT_EPOCHS = 250  # margin: on 12 pairs the trained Unigram pieces can differ between fresh caches
 OVERFIT = ["task=seq2seq", "model=tiny_t5", "data=multi30k", "data.files.train=pairs", "data.files.validation=pairs",
            "data.files.test=pairs", "model.train_tokenizer.vocab_size=300", "model.from_config.dropout_rate=0",
            "optimizer.lr=1e-2", "scheduler=constant", f"trainer.max_epochs={OVERFIT_EPOCHS}",

@@ -63,6 +63,47 @@ def _build(algorithm: str, vocab_size: int, min_frequency: int, lowercase: bool)
     return tok, trainer
 
 
+def _made_up_scores_start(pieces: list[tuple[str, float]]) -> int:
+    """Index where the single characters a Unigram trainer appends (with made-up, lowest scores) start."""
+    start = len(pieces)
+    while start > 0 and len(pieces[start - 1][0]) == 1:
+        start -= 1
+    return start
+
+
+def _canonical(tok: Any, algorithm: str) -> Any:
+    """The trained tokenizer with its vocabulary in a fixed order.
+
+    The `tokenizers` trainers return the same pieces in a different id order from run to run (ties broken by
+    hash-map order), so two runs with the same seed would get different embeddings rows. (On a tiny corpus
+    even the piece set can differ, through ties between merges: the cache keeps the first one trained.) Specials keep the
+    first ids; WordPiece pieces follow in string order, Unigram pieces by score (rounded to 1e-6, whose
+    summation order varies too), then string.
+    """
+    from tokenizers import Tokenizer
+
+    state = json.loads(tok.to_str())
+    model = state["model"]
+    specials = list(dict.fromkeys(SPECIAL[algorithm].values()))
+    if algorithm == "wordpiece":
+        rest = sorted(t for t in model["vocab"] if t not in specials)
+        model["vocab"] = {t: i for i, t in enumerate([*specials, *rest])}
+    elif algorithm == "unigram":
+        pieces = [(p, score) for p, score in model["vocab"] if p not in specials]
+        tail = _made_up_scores_start(pieces)
+        # The characters the trainer must keep come last with made-up scores handed out in hash-map order:
+        # one shared score for them, so that only their string order counts.
+        tail_score = pieces[tail][1] if tail < len(pieces) else 0.0
+        scores = {p: round(tail_score if i >= tail else score, 6) for i, (p, score) in enumerate(pieces)}
+        rest = sorted(scores, key=lambda p: (-scores[p], p))
+        scores.update({p: score for p, score in model["vocab"] if p in specials})
+        model["vocab"] = [[p, scores[p]] for p in [*specials, *rest]]
+        model["unk_id"] = specials.index("<unk>")
+    else:
+        return tok  # byte-level BPE training is already deterministic (merges in frequency, then pair order)
+    return Tokenizer.from_str(json.dumps(state))
+
+
 def _add_post_processor(tok: Any, algorithm: str) -> None:
     """[CLS] a [SEP] b [SEP] for BERT, `a </s>` for T5; GPT-2 adds nothing."""
     from tokenizers import processors
@@ -78,7 +119,7 @@ def _add_post_processor(tok: Any, algorithm: str) -> None:
 
 
 def tokenizer_key(spec: dict[str, Any], source_fingerprint: str) -> str:
-    body = json.dumps({"spec": spec, "source": source_fingerprint, "format": 1}, sort_keys=True)
+    body = json.dumps({"spec": spec, "source": source_fingerprint, "format": 2}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -100,6 +141,7 @@ def train_tokenizer(spec: dict[str, Any], texts: Callable[[], Iterator[str]], so
         tok, trainer = _build(algorithm, int(spec["vocab_size"]), int(spec["min_frequency"]),
                               bool(spec["lowercase"]))
         tok.train_from_iterator(texts(), trainer=trainer)
+        tok = _canonical(tok, algorithm)
         _add_post_processor(tok, algorithm)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=INPUT_NAMES[algorithm],
                                        **SPECIAL[algorithm])

@@ -13,17 +13,13 @@ import random
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lmlab.config import resolvers, schema
 from lmlab.config.locate import config_dir
 from lmlab.config.schema import LanguageModelingDataConfig
-from lmlab.config.validate import validate
 from lmlab.errors import CheckpointError, ConfigError, DataError
 
-from .conftest import cli_env, read_json, run_dirs, run_lmlab
+from .conftest import cli_env, compose_train, read_json, run_dirs, run_lmlab
 
 CONF = config_dir()
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0"]
@@ -167,23 +163,8 @@ def test_masked_positions_only_scoring_equals_the_models_own_loss(nsp: bool):
 
 # -- pretrain -> fine-tune: model.init_from ---------------------------------------------------------------
 def compose_job(overrides: list[str], tmp_path: Path):
-    """The composed, resolved train config (as the CLI builds it) for in-process building."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
-
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with read_write(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.cwd = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(job)
-    validate(job)
-    return job
+    """The composed, validated, resolved train config (as the CLI builds it) for in-process building."""
+    return compose_train(overrides, tmp_path, check=True)
 
 
 def build_finetune(overrides: list[str], tmp_path: Path):

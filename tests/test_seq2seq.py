@@ -19,7 +19,7 @@ from lmlab.data.seq2seq import Seq2SeqDataModule
 from lmlab.errors import ConfigError, DataError
 from lmlab.tasks.seq2seq import CorpusBLEU, sacrebleu_from_counts
 
-from .conftest import DATA_ROOT, cli_env, read_json, run_dirs, run_lmlab
+from .conftest import DATA_ROOT, cli_env, compose_train, read_json, run_dirs, run_lmlab
 
 CONF = config_dir()
 MULTI30K = DATA_ROOT / "multi30k-en-de"
@@ -239,25 +239,7 @@ def test_long_sources_and_targets_are_truncated_counted_and_reported(tmp_path, t
 
 def composed(overrides: list[str], tmp_path: Path):
     """`lmlab train OVERRIDES --cfg job`, resolved as a run would see it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
-
-    from lmlab.config import resolvers
-
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with read_write(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.cwd = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(job)
-    return job
+    return compose_train(overrides, tmp_path)
 
 
 def test_bad_seq2seq_config_values_fail_before_any_model_is_built(tmp_path):

@@ -88,6 +88,7 @@ class DataConfig:
 @dataclass
 class SequenceClassificationTaskConfig(TaskConfig):
     positive_label: str | None = None
+    aux_mlm_weight: float = 0.0  # λ of the auxiliary MLM loss (issue 5: aux/adversarial/augment owner)
 
 
 @dataclass
@@ -231,6 +232,37 @@ class TrainerConfig:
     default_root_dir: str | None = None
 
 
+# -- fine-tuning techniques (issue 5). Each block below is one top-level config group. -----------------
+@dataclass
+class FinetuneConfig:
+    """`finetune` group: freezing, gradual unfreezing, layer-wise LR decay, head LR."""
+
+    freeze: list[str] = field(default_factory=list)
+    layerwise_lr_decay: float | None = None
+    head_lr: float | None = None
+
+
+@dataclass
+class PeftConfig:
+    """`peft` group: parameter-efficient fine-tuning through the peft library (method None: off)."""
+
+    method: str | None = None
+
+
+@dataclass
+class AdversarialConfig:
+    """`adversarial` group: FGM/PGD perturbations of the embeddings (method None: off)."""
+
+    method: str | None = None
+
+
+@dataclass
+class AugmentConfig:
+    """`augment` group: train-split text augmentation for classification (method None: off)."""
+
+    method: str | None = None
+
+
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
@@ -259,6 +291,10 @@ SCHEMAS: list[tuple[str, str, type]] = [
     ("scheduler", "scheduler_schema", SchedulerConfig),
     ("trainer", "trainer_schema", TrainerConfig),
     ("paths", "paths_schema", PathsConfig),
+    ("finetune", "finetune_schema", FinetuneConfig),
+    ("peft", "peft_schema", PeftConfig),
+    ("adversarial", "adversarial_schema", AdversarialConfig),
+    ("augment", "augment_schema", AugmentConfig),
 ]
 
 

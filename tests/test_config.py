@@ -21,7 +21,7 @@ from .conftest import DATA_ROOT, REPO
 
 CONF = config_dir()
 GROUPS = ["task", "model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths",
-          "hydra", "debug"]
+          "hydra", "debug", "finetune", "peft", "adversarial", "augment", "hparams_search"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").rglob("*.yaml"))
 
@@ -64,6 +64,8 @@ def test_every_option_composes_validates_and_resolves(group: str, option: str, t
         overrides.append(f"model.name_or_path={tmp_path}")
     if group == "data" and option == "local":
         overrides += ["data.files.train=a.csv", "data.files.validation=b.csv"]
+    if group == "finetune" and option == "head_warmup":
+        overrides.append("trainer.max_epochs=2")  # unfreezes at epoch 1: the 1-epoch default recipe never gets there
     cfg = _resolved(_compose(overrides), tmp_path)
     validate(cfg)
     assert cfg.hydra_choices[group] == option

@@ -66,8 +66,16 @@ def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list
         from lmlab.models import init_from_checkpoint
 
         init_from_checkpoint(model, str(cfg.model.init_from))
+    from lmlab.techniques.peft_support import wrap_model
+
+    model, peft_info = wrap_model(cfg, model)  # (model, None) unchanged when peft is off
     extra = {"tokenizer": tokenizer} if getattr(module_cls, "needs_tokenizer", False) else {}
-    return module_cls(model, config, label_names, **extra)
+    module = module_cls(model, config, label_names, **extra)
+    if peft_info is not None:
+        module.peft_info = peft_info
+        # Trainable-only checkpoints lack the base weights: Lightning's resume/test loads must not be strict.
+        module.strict_loading = peft_info["checkpoint"] != "trainable"
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:
@@ -98,10 +106,17 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> Any:
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     from lmlab.checkpoints import AtomicCheckpointIO
 
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       plugins=[AtomicCheckpointIO()], _convert_="object")
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Exactly one component requeues: SLURM/submitit (docs/cluster.md). Lightning's own auto-requeue would
+        # issue a second `scontrol requeue` and write hpc_ckpt files outside the run dir.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                       _convert_="object")
 
 
 GROUP_SECTIONS = {"debug": "trainer"}  # a group whose options write into another section
@@ -149,10 +164,17 @@ def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, An
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_cfg = config_from_checkpoint(meta["config"], cfg, overrides)
     tokenizer = build_tokenizer(run_cfg)
-    module = build_task_module(run_cfg, meta["config"], meta.get("label_names"), weights=False,
+    # A peft checkpoint may hold only the trainable weights: then the base weights come from model.name_or_path.
+    adapter_only = (meta.get("peft") or {}).get("checkpoint") == "trainable"
+    module = build_task_module(run_cfg, meta["config"], meta.get("label_names"), weights=adapter_only,
                                tokenizer=tokenizer)
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        if adapter_only:
+            from lmlab.techniques.peft_support import load_trainable
+
+            load_trainable(module, checkpoint["state_dict"])
+        else:
+            module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(
             f"Checkpoint {path} does not fit the model built from its config ({str(e).splitlines()[0]} ...). "

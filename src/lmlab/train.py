@@ -24,13 +24,20 @@ def resolve_resume(resume: str | None, run_path: Path) -> tuple[str | None, bool
         return None, False
     target = Path(str(resume)).expanduser()
     if target.is_dir():
-        ckpt = target / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
+        from lmlab.checkpoints import resume_checkpoint
+
+        ckpt, notes = resume_checkpoint(target / "checkpoints")
+        for note in notes:
+            log.warning("resume: %s", note)
+        if ckpt is None:
             found = sorted(p.name for p in (target / "checkpoints").glob("*.ckpt")) if (target / "checkpoints").is_dir() else []
             raise RunDirError(
-                f"resume={target}: no checkpoints/last.ckpt in that run dir (found: {found or 'none'}); the run "
-                "stopped before its first checkpoint. Fix: start a new run, or resume=<a .ckpt file>."
+                f"resume={target}: no complete checkpoint in that run dir (found: {found or 'none'}"
+                f"{'; ' + '; '.join(notes) if notes else ''}); the run stopped before its first checkpoint. "
+                "Fix: start a new run, or resume=<a .ckpt file>."
             )
+        if ckpt.name != "last.ckpt":
+            log.warning("resume: continuing from %s, the newest complete checkpoint", ckpt)
         return str(ckpt), target.resolve() == run_path.resolve()
     if target.is_file():
         return str(target), False
@@ -80,9 +87,14 @@ def export_pretrained(module: Any, tokenizer: Any, best: dict[str, Any], out_dir
     from lmlab.checkpoints import load_checkpoint
 
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar per export is noise in the job log
-    if best.get("path"):
-        module.load_state_dict(load_checkpoint(best["path"])["state_dict"])
-    module.model.save_pretrained(out_dir)
+    if best.get("path"):  # strict_loading: False for peft checkpoints holding only the trainable weights
+        module.load_state_dict(load_checkpoint(best["path"])["state_dict"], strict=module.strict_loading)
+    if module.peft_info is not None:  # LoRA/IA3 merged into plain weights; prompt/prefix: the peft adapter
+        from lmlab.techniques.peft_support import save_export
+
+        module.peft_info["export"] = save_export(module.model, out_dir)
+    else:
+        module.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if module.label_names is not None:
         (out_dir / "labels.json").write_text(json.dumps(module.label_names, indent=1) + "\n")
@@ -94,11 +106,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from lmlab.app import use_hydra_logging
+    from lmlab.callbacks.preemption import Preempted
+    from lmlab.errors import ConfigError
     from lmlab.loggers import finish_loggers
-    from lmlab.run_dir import RunDir, plain_config
+    from lmlab.run_dir import RunDir, path_name_problem, plain_config
 
     use_hydra_logging()
     started = time.time()
+    if problem := path_name_problem("task_name", str(cfg.task_name)):  # e.g. set in an experiment file
+        raise ConfigError([problem])
     run = RunDir(cfg.paths.output_dir)
     resume_ckpt, same_dir = resolve_resume(cfg.resume, run.path)
     run.ensure_writable()
@@ -111,24 +127,74 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run.update_meta(wandb_id=wandb_id)
     config = plain_config(cfg)
     loggers: list[Any] = []
-    failed, error = True, None
+    failed, error, status = True, None, "failed"
     try:
-        metrics = _fit_test_export(cfg, config, run, resume_ckpt, wandb_id, loggers)
+        try:
+            metrics = _fit_test_export(cfg, config, run, resume_ckpt, wandb_id, loggers)
+        except (MemoryError, RuntimeError) as e:
+            oom = _out_of_memory(cfg, e)
+            if oom is None:
+                raise
+            raise oom from e
         metrics["wall_time_s"] = round(time.time() - started, 2)
-        metrics["status"] = "completed"
+        metrics["status"] = status = "completed"
         run.write_metrics(metrics)
         failed = False
         if run.write:
             _print_summary(run.path, metrics)
         return metrics
+    except Preempted as e:
+        failed, status = False, "preempted"
+        return _record_preemption(cfg, run, e, started)
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
+        if is_pruned(e):  # an Optuna pruner stopped this trial: an outcome of the search, not a failure
+            failed, status = False, "pruned"
         if not (run.path / "metrics.json").exists():  # never replace a finished run's metrics
-            run.write_metrics({"status": "failed", "error": error, "task": cfg.task.name})
+            run.write_metrics({"status": status, "error": error, "task": cfg.task.name})
         raise
     finally:
         finish_loggers(loggers, failed)
-        run.finish("failed" if failed else "completed", error=error)
+        run.finish(status, error=error)
+
+
+def is_pruned(error: BaseException) -> bool:
+    """Optuna's TrialPruned, recognised without importing optuna (lmlab's sweeper raises it)."""
+    return type(error).__name__ == "TrialPruned"
+
+
+def _record_preemption(cfg: DictConfig, run: Any, e: Any, started: float) -> dict[str, Any]:
+    """metrics.json says preempted (unless it holds a completed run's results) and how to continue."""
+    import json
+
+    metrics = {"status": "preempted", "task": cfg.task.name, "signal": e.signal_name, "global_step": e.step,
+               "checkpoint": e.checkpoint, "wall_time_s": round(time.time() - started, 2)}
+    metrics_file = run.path / "metrics.json"
+    previous = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    if previous.get("status") != "completed":
+        run.write_metrics(metrics)
+    print(f"lmlab: preempted ({e}). Continue with: lmlab train resume={run.path}", file=sys.stderr)
+    return metrics
+
+
+def _out_of_memory(cfg: DictConfig, error: BaseException) -> Exception | None:
+    """A TrainingError saying which batch ran out of memory and how to fit it; None for other errors."""
+    from lmlab.errors import TrainingError
+
+    text = str(error)
+    if not isinstance(error, MemoryError) and "out of memory" not in text.lower():
+        return None
+    half = max(1, int(cfg.data.batch_size) // 2)
+    accumulate = int(cfg.trainer.accumulate_grad_batches) * 2
+    return TrainingError(
+        f"Out of memory ({type(error).__name__}: {text.splitlines()[0] if text else 'no details'}) with "
+        f"data.batch_size={cfg.data.batch_size} (evaluation: data.eval_batch_size={cfg.data.eval_batch_size}) "
+        f"and sequences up to data.max_length={cfg.data.max_length} tokens. Fix: halve the batch and "
+        f"accumulate gradients to keep the effective batch: data.batch_size={half} "
+        f"trainer.accumulate_grad_batches={accumulate} (and data.eval_batch_size="
+        f"{max(1, int(cfg.data.eval_batch_size) // 2)} if it failed in evaluation); or lower data.max_length, "
+        "or use trainer.precision=bf16-mixed on a GPU."
+    )
 
 
 def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_ckpt: str | None,
@@ -153,6 +219,10 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
     datamodule.prepare_data()
     module = build_task_module(cfg, config, datamodule.label_names, tokenizer=tokenizer)
     module.run_info = {"wandb_run_id": wandb_id, "run_dir": str(run.path)}
+    if run.write and cfg.train:
+        from lmlab.checkpoints import require_free_space
+
+        require_free_space(run.checkpoints, module)
     loggers.extend(build_loggers(cfg, wandb_id))
     trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
     for logger in loggers:
@@ -166,8 +236,10 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_ckpt)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
+        _stop_if_preempted(trainer)
         best = _best_checkpoint(trainer)
-        metrics.update(best_checkpoint=best, epoch=trainer.current_epoch, global_step=trainer.global_step)
+        metrics.update(best_checkpoint=best, epoch=trainer.current_epoch, global_step=trainer.global_step,
+                       params=module.param_counts)
         metrics["train"] = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
                             if k.startswith("train/")}
         if best:
@@ -180,7 +252,19 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
             metrics["test_per_class"] = module.class_report
     if cfg.export and cfg.train and run.write and not cfg.trainer.fast_dev_run:
         metrics["export"] = str(export_pretrained(module, tokenizer, best, run.path / "export"))
+    if module.peft_info is not None:  # method, trainable/total params, checkpoint and export kind
+        metrics["peft"] = module.peft_info
     return metrics
+
+
+def _stop_if_preempted(trainer: Any) -> None:
+    """A preemption signal that came after the last training step (e.g. in the final validation): stop
+    before testing; last.ckpt is the end of training, so resume= goes straight to the test."""
+    from lmlab.callbacks.preemption import Preempted, PreemptionCheckpoint
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, PreemptionCheckpoint) and callback.received:
+            raise Preempted(callback.received, trainer.global_step, None)
 
 
 def _print_summary(run_path: Path, metrics: dict[str, Any]) -> None:

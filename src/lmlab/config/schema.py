@@ -162,6 +162,17 @@ class Seq2SeqDataConfig(DataConfig):
 
 
 @dataclass
+class PromptClassificationTaskConfig(TaskConfig):
+    """task=prompt_classification: a masked LM scores verbalizer words at the [MASK] of a template."""
+
+    template: str = "{text} It was {mask}."
+    verbalizer: dict[str, str] = field(default_factory=dict)  # label value -> single-token word
+    positive_label: str | None = None
+    few_shot_k: int | None = None  # train on k rows per class (None: every train row)
+    calibrate: bool = False  # contextual calibration of evaluation scores
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = MISSING
     _partial_: bool = True
@@ -238,22 +249,61 @@ class FinetuneConfig:
     """`finetune` group: freezing, gradual unfreezing, layer-wise LR decay, head LR."""
 
     freeze: list[str] = field(default_factory=list)
+    unfreeze: list[str] = field(default_factory=list)
+    unfreeze_every_n_epochs: int = 1
     layerwise_lr_decay: float | None = None
     head_lr: float | None = None
 
 
 @dataclass
 class PeftConfig:
-    """`peft` group: parameter-efficient fine-tuning through the peft library (method None: off)."""
+    """`peft` group: parameter-efficient fine-tuning through the peft library (method None: off).
+
+    One schema per method (below), so a key of another method (``peft=lora peft.num_virtual_tokens=5``)
+    fails at compose time. ``modules_to_save``: modules trained in full beside the adapter (the task head
+    is added by peft for classification)."""
 
     method: str | None = None
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class LoraPeftConfig(PeftConfig):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+    bias: str = "none"
+
+
+@dataclass
+class IA3PeftConfig(PeftConfig):
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
+@dataclass
+class PromptTuningPeftConfig(PeftConfig):
+    num_virtual_tokens: int = 20
+    init_text: str | None = None  # None: random init
+
+
+@dataclass
+class PrefixTuningPeftConfig(PeftConfig):
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = None
 
 
 @dataclass
 class AdversarialConfig:
-    """`adversarial` group: FGM/PGD perturbations of the embeddings (method None: off)."""
+    """`adversarial` group: FGM/PGD perturbations of the word embeddings (method None: off)."""
 
     method: str | None = None
+    epsilon: float = 0.2
+    alpha: float | None = None
+    steps: int = 1
+    loss_weight: float = 1.0
 
 
 @dataclass
@@ -261,6 +311,10 @@ class AugmentConfig:
     """`augment` group: train-split text augmentation for classification (method None: off)."""
 
     method: str | None = None
+    prob: float = 0.5
+    operations: list[str] = field(default_factory=lambda: ["synonym", "insert", "swap", "delete"])
+    alpha: float = 0.1
+    synonyms: str | None = None
 
 
 @dataclass
@@ -284,6 +338,7 @@ SCHEMAS: list[tuple[str, str, type]] = [
     ("data", "language_modeling_data_schema", LanguageModelingDataConfig),
     ("task", "seq2seq_schema", Seq2SeqTaskConfig),
     ("data", "seq2seq_data_schema", Seq2SeqDataConfig),
+    ("task", "prompt_classification_schema", PromptClassificationTaskConfig),
     ("model", "model_schema", ModelConfig),
     ("data", "data_schema", DataConfig),
     ("optimizer", "adamw_schema", AdamWConfig),
@@ -293,6 +348,10 @@ SCHEMAS: list[tuple[str, str, type]] = [
     ("paths", "paths_schema", PathsConfig),
     ("finetune", "finetune_schema", FinetuneConfig),
     ("peft", "peft_schema", PeftConfig),
+    ("peft", "lora_schema", LoraPeftConfig),
+    ("peft", "ia3_schema", IA3PeftConfig),
+    ("peft", "prompt_tuning_schema", PromptTuningPeftConfig),
+    ("peft", "prefix_tuning_schema", PrefixTuningPeftConfig),
     ("adversarial", "adversarial_schema", AdversarialConfig),
     ("augment", "augment_schema", AugmentConfig),
 ]

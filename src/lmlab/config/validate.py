@@ -164,9 +164,122 @@ def _check_seq2seq(cfg: DictConfig, problems: list[str]) -> None:
         _check_positive(problems, cfg, key)
 
 
+def _check_peft(cfg: DictConfig, problems: list[str]) -> None:
+    """peft.* values, the task it is used with, and finetune.* options it conflicts with."""
+    from lmlab.techniques.peft_support import config_problems
+
+    problems.extend(config_problems(cfg))
+
+
+def _check_prompt_classification(cfg: DictConfig, problems: list[str]) -> None:
+    """task=prompt_classification: a template with known placeholders and one {mask}, a verbalizer of single
+    words, a positive few_shot_k. (Whether each word is one token is checked once the tokenizer is loaded.)"""
+    if _get(cfg, "task.name") != "prompt_classification":
+        return
+    from string import Formatter
+
+    template = str(_get(cfg, "task.template"))
+    try:
+        fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        fields = []
+        problems.append(f"task.template={template!r} is not a valid template ({e}). Fix: literal braces are "
+                        "written {{ and }}; placeholders are {text}, {text_pair} and {mask}.")
+    unknown = sorted({f for f in fields if f not in ("text", "text_pair", "mask")})
+    if unknown:
+        problems.append(f"task.template={template!r} has unknown placeholder(s) {unknown}. Valid: {{text}}, "
+                        "{text_pair} (data.text_pair_column), {mask}.")
+    for name in ("mask", "text"):
+        if fields and fields.count(name) != 1:
+            problems.append(f"task.template={template!r} has {fields.count(name)} {{{name}}} placeholders; it needs "
+                            f'exactly one. Fix: e.g. task.template="{{text}} It was {{mask}}."')
+    pair_column = _get(cfg, "data.text_pair_column")
+    if fields and bool(pair_column) != ("text_pair" in fields):
+        problems.append(
+            f"task.template={template!r} and data.text_pair_column={pair_column!r} disagree: a sentence-pair data set "
+            "needs {text_pair} in the template, and {text_pair} needs data.text_pair_column. Fix: e.g. "
+            'task.template="{text} ? {mask} , {text_pair}" for pairs, or "{text} It was {mask}." for single texts.')
+    verbalizer = _get(cfg, "task.verbalizer") or {}
+    if len(verbalizer) < 2:
+        problems.append(f"task.verbalizer={dict(verbalizer)} needs a word for each of at least two labels. Fix: e.g. "
+                        "`task.verbalizer.0=terrible task.verbalizer.1=great` (label value -> word).")
+    for label, word in verbalizer.items():
+        if not str(word).strip() or len(str(word).split()) != 1:
+            problems.append(f"task.verbalizer.{label}={word!r} must be one word. Fix: `task.verbalizer.{label}=great`.")
+    _check_positive(problems, cfg, "task.few_shot_k")
+
+
+def _check_finetune(cfg: DictConfig, problems: list[str]) -> None:
+    """Freezing patterns, gradual unfreezing, layer-wise lr decay and head lr (lmlab.techniques.patterns)."""
+    from lmlab.techniques.patterns import config_problems
+
+    if _get(cfg, "finetune") is not None:
+        problems.extend(config_problems(cfg.finetune, _get(cfg, "task.name"), _get(cfg, "trainer.max_epochs"),
+                                        _get(cfg, "trainer.strategy")))
+
+
+# adversarial= / augment= / task.aux_mlm_weight (issue 5). The techniques' modules read these tuples too.
+ADVERSARIAL_METHODS = ("fgm", "pgd")
+ADVERSARIAL_TASKS = ("sequence_classification", "token_classification")  # encoders with a per-batch task loss
+AUGMENT_METHODS = ("eda",)
+AUGMENT_OPERATIONS = ("synonym", "insert", "swap", "delete")
+AUGMENT_TASKS = ("sequence_classification",)  # EDA edits words, which would misalign token-level tags
+
+
+def _check_adversarial(cfg: DictConfig, problems: list[str]) -> None:
+    method = _get(cfg, "adversarial.method")
+    if method is None:
+        return
+    task = _get(cfg, "task.name")
+    if task not in ADVERSARIAL_TASKS:
+        problems.append(f"adversarial={method} does not apply to task={task}: it perturbs the embeddings of "
+                        f"task={' or task='.join(ADVERSARIAL_TASKS)}. Fix: adversarial=none.")
+    _check_choice(problems, cfg, "adversarial.method", ADVERSARIAL_METHODS)
+    for key in ("adversarial.epsilon", "adversarial.alpha", "adversarial.steps"):
+        _check_positive(problems, cfg, key)
+    _check_positive(problems, cfg, "adversarial.loss_weight", allow_zero=True)
+    if method == "fgm" and _get(cfg, "adversarial.steps") != 1:
+        problems.append(f"adversarial.steps={_get(cfg, 'adversarial.steps')}: FGM takes exactly one step. "
+                        "Fix: adversarial=pgd for several steps, or adversarial.steps=1.")
+
+
+def _check_augment(cfg: DictConfig, problems: list[str]) -> None:
+    method = _get(cfg, "augment.method")
+    if method is None:
+        return
+    task = _get(cfg, "task.name")
+    if task not in AUGMENT_TASKS:
+        problems.append(f"augment={method} does not apply to task={task}: it rewrites the texts of "
+                        f"task={' or task='.join(AUGMENT_TASKS)}. Fix: augment=none.")
+    _check_choice(problems, cfg, "augment.method", AUGMENT_METHODS)
+    for key in ("augment.prob", "augment.alpha"):
+        value = _get(cfg, key)
+        if value is not None and not 0.0 < value <= 1.0:
+            problems.append(f"{key}={value} must be in (0, 1]. Fix: `{key}=0.1`.")
+    operations = list(_get(cfg, "augment.operations") or [])
+    unknown = [op for op in operations if op not in AUGMENT_OPERATIONS]
+    if unknown or not operations:
+        problems.append(f"augment.operations={operations} must be a non-empty list of "
+                        f"{', '.join(AUGMENT_OPERATIONS)}. Fix: `augment.operations=[swap,delete]`.")
+    synonyms = _get(cfg, "augment.synonyms")
+    if synonyms is not None:
+        from pathlib import Path
+
+        if not Path(str(synonyms)).expanduser().is_file():
+            problems.append(f"augment.synonyms={synonyms}: no such file. Fix: a text file with one comma-separated "
+                            "synonym group per line, or augment.synonyms=null for lmlab's English list.")
+
+
+def _check_aux_mlm(cfg: DictConfig, problems: list[str]) -> None:
+    """task.aux_mlm_weight exists only in task=sequence_classification's schema (elsewhere composing fails)."""
+    _check_positive(problems, cfg, "task.aux_mlm_weight", allow_zero=True)
+
+
 CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_data, _check_model, _check_optim, _check_run,
                                                                _check_token_classification, _check_language_modeling,
-                                                               _check_seq2seq)
+                                                               _check_seq2seq, _check_peft, _check_prompt_classification,
+                                                               _check_finetune, _check_adversarial, _check_augment,
+                                                               _check_aux_mlm)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -71,6 +71,20 @@ class SequenceClassificationDataModule(TextDataModule):
             )
         return names
 
+    # The run's `augment` group (a run-level option, not data.*): given here by tests; in a run it is read from
+    # the trainer's task module, which carries the run config. Only the train loader uses it.
+    augment: dict[str, Any] | None = None
+
+    def train_dataloader(self) -> Any:
+        augment = self.augment
+        if augment is None and self.trainer is not None:
+            augment = (getattr(self.trainer.lightning_module, "config", None) or {}).get("augment")
+        if not augment or augment.get("method") is None:
+            return super().train_dataloader()
+        from lmlab.data.augment import augmented_loader
+
+        return augmented_loader(self, augment)  # raw texts augmented per (seed, epoch, row), tokenized on the fly
+
     def check_split(self, ds: Any, split: str, source: str) -> None:
         if not self.has_labels(split) or self.label_names is None:
             return

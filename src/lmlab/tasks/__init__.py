@@ -23,6 +23,10 @@ TASKS = {
         "lmlab.tasks.masked_lm:MaskedLMTask",
         "lmlab.data.language_modeling:MaskedLMDataModule",
     ),
+    "prompt_classification": (
+        "lmlab.tasks.prompt_classification:PromptClassificationTask",
+        "lmlab.data.prompt_classification:PromptClassificationDataModule",
+    ),
 }
 
 

@@ -11,6 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.techniques.freezing import finetuning_callback
+from lmlab.techniques.param_groups import finetune_groups
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lmlab"
@@ -45,6 +48,8 @@ class TaskModule(L.LightningModule):
         self.config = config
         self.label_names = label_names
         self.run_info: dict[str, Any] = {}  # e.g. W&B run id, written into every checkpoint
+        self.peft_info: dict[str, Any] | None = None  # set by builders when peft wraps the model
+        self.param_counts: dict[str, int] = {}  # trainable/total, set when fitting starts (techniques.freezing)
         # from_pretrained returns the model in eval mode and Lightning keeps the mode it finds: without
         # this, dropout silently stays off during fine-tuning. (Validation switches to eval and back.)
         if config["model"].get("train_mode", True):
@@ -54,7 +59,10 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = OmegaConf.create(self.config["optimizer"])
         no_decay = list(opt_cfg.pop("no_weight_decay", []))
-        groups = parameter_groups(self, float(opt_cfg.weight_decay), no_decay)
+        weight_decay = float(opt_cfg.weight_decay)
+        # .get: checkpoints written before the finetune group existed do not have it.
+        groups = (finetune_groups(self, float(opt_cfg.lr), weight_decay, no_decay, self.config.get("finetune"))
+                  or parameter_groups(self, weight_decay, no_decay))
         if opt_cfg.get("fused") and not torch.cuda.is_available():
             opt_cfg.fused = None  # the fused kernels are CUDA-only
         optimizer = instantiate(opt_cfg)(groups)
@@ -62,10 +70,27 @@ class TaskModule(L.LightningModule):
         scheduler = build_scheduler(optimizer, OmegaConf.create(self.config["scheduler"]), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_callbacks(self) -> list[Any]:
+        """finetune.freeze / unfreeze, and the trainable-parameter count of every run."""
+        return [finetuning_callback(self.config.get("finetune"))]
+
     # -- checkpoint metadata ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"config": self.config, "label_names": self.label_names,
                                       "task": self.config["task"]["name"], **self.run_info}
+        if self.peft_info is not None:
+            checkpoint[CHECKPOINT_KEY]["peft"] = self.peft_info
+            if self.peft_info["checkpoint"] == "trainable":  # the base is reloaded from model.name_or_path
+                from lmlab.techniques.peft_support import keep_trainable
+
+                keep_trainable(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads a trainable-only peft checkpoint non-strictly (resume, test of best): check it fits.
+        if self.peft_info is not None and self.peft_info["checkpoint"] == "trainable":
+            from lmlab.techniques.peft_support import check_trainable
+
+            check_trainable(self, checkpoint["state_dict"])
 
     # -- prediction output --------------------------------------------------------------------------
     def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: DictConfig) -> list[dict]:

@@ -55,6 +55,8 @@ def positive_label(name: Any, label_names: list[str]) -> str | None:
 
 
 class SequenceClassificationTask(TaskModule):
+    needs_tokenizer = True  # the auxiliary MLM loss (task.aux_mlm_weight) masks with the run's tokenizer
+
     @staticmethod
     def build_model(model_cfg: Any, label_names: list[str], weights: bool = True, tokenizer: Any = None) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -66,9 +68,15 @@ class SequenceClassificationTask(TaskModule):
                            id2label=dict(enumerate(label_names)),
                            label2id={name: i for i, name in enumerate(label_names)})
 
-    def __init__(self, model: torch.nn.Module, config: dict[str, Any], label_names: list[str]):
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], label_names: list[str], tokenizer: Any = None):
         super().__init__(model, config, label_names)
+        from lmlab.techniques.adversarial import Adversarial
+        from lmlab.techniques.aux_mlm import build_aux_mlm
+
         n = len(label_names)
+        # Training-only extras (issue 5): None when off. .get: runs from before the adversarial group.
+        self.adversarial = Adversarial.from_config(config.get("adversarial"))
+        self.aux_mlm = build_aux_mlm(self.model, config, tokenizer)
         self.train_acc = MulticlassAccuracy(n, average="micro")
         self.val_metrics = _metrics(n)
         self.test_metrics = _metrics(n)
@@ -80,11 +88,18 @@ class SequenceClassificationTask(TaskModule):
         return self.model(**batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)  # logits: (batch, num_labels)
+        rows = len(batch["labels"])
+        if self.adversarial is None:
+            out = self(batch)  # logits: (batch, num_labels)
+            loss = out.loss
+        else:  # clean + adversarial loss (logs train/loss_clean, train/loss_adv)
+            out, loss = self.adversarial.training_loss(self, lambda: self(batch), rows)
+        if self.aux_mlm is not None:  # + λ·L_mlm (logs train/loss_task, train/loss_mlm)
+            loss = self.aux_mlm.training_loss(self, batch, batch_idx, loss, rows)
         self.train_acc(out.logits.argmax(-1), batch["labels"])
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["labels"]))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(batch["labels"]))
-        return out.loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=rows)
+        return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str, metrics: MetricCollection) -> None:
         out = self(batch)

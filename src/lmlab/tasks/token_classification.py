@@ -128,6 +128,10 @@ class TokenClassificationTask(TaskModule):
     def __init__(self, model: torch.nn.Module, config: dict[str, Any], label_names: list[str]):
         super().__init__(model, config, label_names)
         mode = config["task"]["metric_mode"]
+        from lmlab.techniques.adversarial import Adversarial
+
+        # adversarial=fgm|pgd (None when off; .get: runs from before the adversarial group).
+        self.adversarial = Adversarial.from_config(config.get("adversarial"))
         # Subword-level accuracy over labelled positions: a cheap training signal, not a reported metric.
         self.train_acc = MulticlassAccuracy(len(label_names), average="micro", ignore_index=-100)
         self.val_metrics = EntityScores(label_names, mode)
@@ -139,12 +143,16 @@ class TokenClassificationTask(TaskModule):
         return self.model(**{k: v for k, v in batch.items() if k != "word_index"})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)  # logits: (batch, seq, num_labels)
-        self.train_acc(out.logits.argmax(-1), batch["labels"])
         rows = len(batch["labels"])
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=rows)
+        if self.adversarial is None:
+            out = self(batch)  # logits: (batch, seq, num_labels)
+            loss = out.loss
+        else:  # clean + adversarial loss (logs train/loss_clean, train/loss_adv)
+            out, loss = self.adversarial.training_loss(self, lambda: self(batch), rows)
+        self.train_acc(out.logits.argmax(-1), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=rows)
-        return out.loss
+        return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str, metrics: EntityScores) -> None:
         out = self(batch)

@@ -69,6 +69,30 @@ def _refuse_existing_run_dir(args: list[str]) -> None:
         RunDir(str(Path(value.strip("'\"")).expanduser())).ensure_fresh()
 
 
+def _refuse_unusable_output(args: list[str]) -> None:
+    """Before Hydra creates the run dir: a task_name that is not a plain name, or an output location that
+    cannot be written (read-only, a file in the path, /proc), fails with one message instead of a traceback."""
+    import os
+    from pathlib import Path
+
+    from lmlab.errors import ConfigError
+    from lmlab.run_dir import check_creatable, path_name_problem
+
+    given = {_override_key(a): a.split("=", 1)[1].strip("'\"") for a in args if "=" in a}
+    if "task_name" in given and (problem := path_name_problem("task_name", given["task_name"])):
+        raise ConfigError([problem])
+    if "resume" in given:
+        return  # continues an existing dir; train() checks that it is writable
+    multirun = "-m" in args or "--multirun" in args
+    for key in ("hydra.sweep.dir" if multirun else "hydra.run.dir", "paths.log_dir"):
+        if key in given:
+            if "${" not in given[key]:
+                check_creatable(Path(given[key]).expanduser(), key)
+            return
+    root = os.environ.get("LMLAB_ROOT") or os.getcwd()
+    check_creatable(Path(root) / "outputs", "paths.log_dir, default ./outputs")
+
+
 def _record_job_failure(error: BaseException, output_dir: str) -> None:
     import traceback
     from pathlib import Path
@@ -126,6 +150,7 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
     """Compose ``config_name`` from lmlab's config tree (plus --config-dir/searchpath) and run ``task``."""
     import hydra
 
+    from lmlab.cluster import register_launcher_schemas
     from lmlab.config import resolvers, schema
     from lmlab.config.locate import config_dir
     from lmlab.config.validate import validate
@@ -133,9 +158,11 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
 
     schema.register()
     resolvers.register()
+    register_launcher_schemas()  # hydra/launcher=slurm|submitit_local build on submitit's schemas
     if not _is_child_rank():
         try:
             _refuse_existing_run_dir(sys.argv[1:])
+            _refuse_unusable_output(sys.argv[1:])
         except LmlabError as error:
             _report(error)
             raise SystemExit(error.exit_code) from None
@@ -149,10 +176,21 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             validate(cfg)
-            return task(cfg)
+            if not multirun:
+                return task(cfg)
+            # DDP workers of a sweep job run that job (not the sweep); a SLURM-requeued job resumes its run dir.
+            from lmlab import cluster
+
+            cluster.quiet_other_ranks()
+            cluster.continue_requeued_run(cfg)
+            with cluster.multirun_job(job.__module__):
+                return cluster.hand_back_if_preempted(task(cfg))
         except Exception as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
                 raise
+            if multirun and type(error).__name__ == "TrialPruned":
+                log.info("job pruned by the Optuna pruner: %s", error)
+                return {"status": "pruned", "error": str(error)}
             if multirun:
                 # One failed job must not stop the sweep: record it in its run dir and go on.
                 _record_job_failure(error, HydraConfig.get().runtime.output_dir)

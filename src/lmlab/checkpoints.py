@@ -84,3 +84,62 @@ def lmlab_metadata(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
             "folder as model.name_or_path."
         )
     return meta
+
+
+def is_complete(path: Path) -> str | None:
+    """None when ``path`` reads back as a checkpoint, else why not (memory-mapped: no weights are loaded)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, bad pickle, I/O error: all mean "do not resume from this"
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def half_written(folder: Path) -> list[Path]:
+    """Temp files AtomicCheckpointIO leaves when the process dies mid-write (``.last.ckpt.XXXX.tmp``)."""
+    return sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
+
+
+def resume_checkpoint(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint in a run's ``checkpoints/`` folder, and a message per file skipped.
+
+    last.ckpt first, then the others newest first. Half-written temp files are removed (they can never be
+    completed) and named; a truncated or unreadable .ckpt is skipped and named.
+    """
+    notes = []
+    for tmp in half_written(folder):
+        tmp.unlink(missing_ok=True)
+        notes.append(f"removed half-written checkpoint {tmp.name} (the process died while writing it)")
+    last = folder / "last.ckpt"
+    others = sorted((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in ([last] if last.is_file() else []) + others:
+        problem = is_complete(path)
+        if problem is None:
+            return path, notes
+        notes.append(f"skipped {path.name}: truncated or corrupted ({problem})")
+    return None, notes
+
+
+def checkpoint_size_estimate(module: torch.nn.Module) -> int:
+    """Bytes of one training checkpoint: the weights, plus two AdamW moments per trainable weight."""
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return weights + 2 * trainable
+
+
+def require_free_space(folder: Path, module: torch.nn.Module) -> None:
+    """Fail before training when the disk cannot hold two checkpoints (a new one is written beside the old
+    one, then renamed): better now than a full disk at the first save, hours in."""
+    import shutil
+
+    from lmlab.errors import RunDirError
+
+    needed = 2 * checkpoint_size_estimate(module)
+    probe = folder if folder.exists() else folder.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise RunDirError(
+            f"Not enough disk space for checkpoints in {folder}: {free / 2**20:.1f} MiB free, about "
+            f"{needed / 2**20:.1f} MiB needed (two checkpoints of this model with its optimizer state). Fix: "
+            "free disk space, or write runs elsewhere with paths.log_dir=/a/larger/disk."
+        )

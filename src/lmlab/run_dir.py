@@ -144,6 +144,34 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def path_name_problem(key: str, value: str) -> str | None:
+    """Why a config value used as one directory name (``task_name`` in outputs/<task_name>/runs/) is unsafe:
+    a '/', '\\' or '..' in it would put the run outside the log dir. None when it is a plain name."""
+    if value and value not in (".", "..") and not any(c in value for c in "/\\\0"):
+        return None
+    return (f"{key}={value!r} names a directory inside paths.log_dir and must be a plain name (no '/', '\\', "
+            f"'..'), so runs cannot land outside it. Fix: {key}=my_experiment; to write runs elsewhere set "
+            "paths.log_dir=/some/dir (or hydra.run.dir=...).")
+
+
+def check_creatable(path: Path, setting: str) -> None:
+    """Fail before anything is written when ``path`` cannot be created: its nearest existing ancestor must be
+    a directory we can create entries in (tried for real: permission bits say nothing for root or /proc)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file, not a directory")
+        tempfile.TemporaryDirectory(dir=probe, prefix=".lmlab-write-test-").cleanup()
+    except OSError as e:
+        raise RunDirError(
+            f"Cannot write runs under {path} ({setting}): {e.strerror or e}"
+            f"{f' ({probe})' if e.strerror else ''}. Fix: point it at a writable directory, e.g. "
+            "paths.log_dir=/a/writable/dir, or free disk space."
+        ) from e
+
+
 class RunDir:
     """Reads and writes one run directory. Writes are no-ops on ranks other than 0."""
 

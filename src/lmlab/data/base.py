@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lmlab.data.loading import column_values, load_split, require_columns, resolve_file
-from lmlab.data.sampling import LengthGroupedSampler, PadCollator, by_length
+from lmlab.data.sampling import LengthGroupedSampler, PadCollator, ResumableDataLoader, by_length
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +238,21 @@ class TextDataModule(L.LightningDataModule):
                                                 group=self.cfg.group_by_length)
         else:
             sampler = by_length(lengths) if self.cfg.group_by_length else None
-        return DataLoader(ds, batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Lightning would pad each rank's share with repeats (DistributedSampler): an odd-sized eval
+                # set would count one example twice. Unrepeated shards count every example exactly once.
+                from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+
+                sampler = UnrepeatedDistributedSamplerWrapper(sampler if sampler is not None else range(len(ds)),
+                                                              shuffle=False)
+        # Training: a loader Lightning checkpoints mid-epoch, with its own generator so that starting an
+        # epoch draws nothing from the global RNG (dropout); a step-checkpoint resume then replays exactly.
+        loader_cls, extra = ((ResumableDataLoader, {"generator": torch.Generator().manual_seed(self.seed)})
+                             if train else (DataLoader, {}))
+        return loader_cls(ds, batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
                           sampler=sampler, collate_fn=self.collator(),
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-                          drop_last=False)
+                          drop_last=False, **extra)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -25,6 +25,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.group = group
         self.mega = mega
         self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, first index): set when resuming mid-epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch start."""
@@ -51,7 +52,52 @@ class LengthGroupedSampler(Sampler[int]):
         return torch.cat(shuffled + rest).tolist() if batches else []
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
+        order = self.order()
+        if self.resume_at is not None:
+            epoch, start = self.resume_at
+            self.resume_at = None  # only the first pass after a resume is cut short
+            if epoch == self.epoch:
+                order = order[start:]
+        return iter(order)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints mid-epoch.
+
+    Lightning calls ``state_dict``/``load_state_dict`` on loaders that have them (fit loop, "combined_loader"
+    in the checkpoint). The state is the epoch and how many batches were handed out; a restored loader skips
+    those batches, so a run resumed from a step checkpoint sees exactly the batches an uninterrupted run
+    would. With lmlab's own sampler the skip is free (indices are cut before any row is read); under another
+    sampler (e.g. Lightning's distributed wrapper) the skipped batches are read and dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.served = 0  # batches handed out in the current epoch (including skipped ones after a resume)
+        self.skip: tuple[int, int] | None = None  # (epoch, batches) to skip on the next pass
+
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch(), "batches": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.skip = (int(state["epoch"]), int(state["batches"]))
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.skip = self.skip, None
+        skip_batches = skip[1] if skip is not None and skip[0] == self._epoch() else 0
+        self.served = skip_batches
+        if skip_batches and isinstance(self.sampler, LengthGroupedSampler) and self.batch_size:
+            # (batch_sampler is a BatchSampler over this sampler: n batches = the first n * batch_size indices)
+            self.sampler.resume_at = (self.sampler.epoch, skip_batches * self.batch_size)
+            skip_batches = 0
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip_batches:
+                continue
+            self.served += 1
+            yield batch
 
 
 def by_length(lengths: Sequence[int]) -> list[int]:

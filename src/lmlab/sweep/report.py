@@ -141,6 +141,13 @@ def write_report(sweep_dir: Path, metric: str | None = None, mode: str | None = 
     records = collect(sweep_dir)
     if not records:
         raise SystemExit(f"lmlab report: no job directories (with .hydra/) in {sweep_dir}.")
+    from lmlab.sweep.study_report import summarize
+
+    # An Optuna study (study.json): study.csv/.md, job status from its trial (pruned is not failed), its metric.
+    study = summarize(sweep_dir, records)
+    if study is not None:
+        metric = metric or study["metric"]
+        mode = mode or ("min" if study["direction"] == "minimize" else "max")
     keys = swept_keys(records)
     metric_names = sorted({m for r in records for m in r["metrics"]})
     _write_tables(sweep_dir, records, keys, metric_names)
@@ -149,9 +156,11 @@ def write_report(sweep_dir: Path, metric: str | None = None, mode: str | None = 
     plot = _plot(sweep_dir, records, keys, chosen) if chosen else None
     summary = {
         "jobs": len(records), "completed": sum(r["status"] == "completed" for r in records),
-        "failed": [r["job"] for r in records if r["status"] != "completed"], "metric": chosen,
+        "failed": [r["job"] for r in records if r["status"] not in ("completed", "pruned", "interrupted")],
+        "metric": chosen,
         "best_job": best["job"] if best else None, "best_value": best["metrics"][chosen] if best else None,
         "best_overrides": " ".join(best["overrides"]) if best else None, "plot": str(plot) if plot else None,
+        "study": study,
     }
     (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -168,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     s = write_report(args.sweep_dir, args.metric, args.mode)
     print(f"{s['jobs']} jobs, {s['completed']} completed" + (f", not completed: {s['failed']}" if s["failed"] else ""))
     print(f"wrote {args.sweep_dir}/summary.csv, summary.md" + (f", {Path(s['plot']).name}" if s["plot"] else ""))
+    if s["study"]:
+        print(f"study {s['study']['study_name']}: trials {s['study']['trials']}; wrote study.csv, study.md")
     if s["best_job"] is not None:
         value = s["best_value"]
         shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else value

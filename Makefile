@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: setup train test test-slow test-all lint bench
+.PHONY: setup train test test-slow test-all lint bench bench-quick
 
 # torch first: 2.13.0 is the CPU wheel on disk here; an unpinned torch would pull a multi-GB CUDA build.
 # GPU users: install the CUDA torch build for your driver first (see README), then `make setup` keeps it.
@@ -27,8 +27,13 @@ test-all: test test-slow
 lint:
 	ruff check src tests benchmarks
 
+# Every benchmark side by side, `name: value (goal)` lines (~30 min on a quiet 2-core machine; BENCHMARKS.md).
 bench:
-	$(PYTHON) benchmarks/overhead.py
+	$(PYTHON) benchmarks/run_all.py
+
+# The same scripts at smoke sizes (a few minutes; the figures are not results).
+bench-quick:
+	$(PYTHON) benchmarks/run_all.py --quick
 
 # MLM-pretrain a small BERT on WikiText-2, fine-tune it on SST-2 from random init and from the pretrained
 # weights, print both dev accuracies (src/lmlab/compare_pretraining.py).

@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                          # MiniLM, ~5 min on 2 CPU cores
     python benchmarks/overhead.py --model tiny_bert --quick  # smoke check, a few seconds
+    python benchmarks/overhead.py --task all                # part 1 for every other task's recipe
 
 1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
    tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
@@ -18,6 +19,13 @@
    length-grouped batches with dynamic padding (lmlab's default; the Lightning rounds of part 1),
    random-order batches with dynamic padding (``data.group_by_length=false``), and those random batches
    padded to ``data.max_length`` (128), i.e. classic fixed padding.
+
+--task picks the recipe: sst2 (default; MiniLM, or --model) or another task's experiment as it is
+(wnut17 = experiments/wnut17_minilm, with --quick on tiny_bert; mlm = mlm_tiny_wikitext2, clm =
+clm_tiny_shakespeare, seq2seq = translate_tiny_multi30k), or all four of those. The plain loop computes each task's loss the way its
+training_step does, without Lightning: masked LM masks the batch with the task's own masker and generator
+(what its on_before_batch_transfer does) and calls lm_step; causal LM calls lm_step; the others call the
+module's forward. Part 2 (padding) runs for sst2 only.
 
 Timings on a shared machine are noisy: the load average is printed before and after.
 """
@@ -41,6 +49,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("minilm", "tiny_bert")
+# --task -> the experiment it runs (sst2 composes `train` with --model instead)
+EXPERIMENTS = {"wnut17": "wnut17_minilm", "mlm": "mlm_tiny_wikitext2", "clm": "clm_tiny_shakespeare",
+               "seq2seq": "translate_tiny_multi30k"}
 
 
 def set_environment() -> None:
@@ -56,7 +67,9 @@ def set_environment() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="minilm", help="lmlab model config (default: minilm)")
+    p.add_argument("--model", choices=MODELS, default="minilm", help="lmlab model config for sst2 (default: minilm)")
+    p.add_argument("--task", choices=("sst2", *EXPERIMENTS, "all"), default="sst2",
+                   help="sst2 (default), another task's recipe, or all other tasks (part 1 only)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per measurement = batches in the epoch (default: 40; 8 with --quick)")
     p.add_argument("--batch-size", type=int, default=32, help="data.batch_size (default: 32)")
@@ -115,10 +128,15 @@ def compose_config(overrides: list[str], workdir: Path) -> Any:
 
 
 def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[str]:
+    task = getattr(args, "task", "sst2")
+    recipe = {"experiment": EXPERIMENTS[task]} if task in EXPERIMENTS else {"model": args.model}
+    if task == "wnut17" and args.quick:  # the smoke run swaps the recipe's MiniLM for the 2-layer test model
+        recipe["model"] = "tiny_bert"
     base = {
-        "model": args.model,
+        **recipe,
         "seed": args.seed,
-        "data.limit_train_samples": steps * args.batch_size,  # one epoch = exactly --steps full batches
+        # one epoch = exactly --steps full batches; LM tasks cut lines into blocks: whole file, then the first --steps
+        "data.limit_train_samples": "null" if task in ("mlm", "clm") else steps * args.batch_size,
         "data.batch_size": args.batch_size,
         "trainer.max_epochs": 1,
         "trainer.enable_progress_bar": "false",
@@ -155,7 +173,7 @@ class BatchList:
         return len(self.batches)
 
     def __iter__(self):
-        return iter(self.batches)
+        return (dict(b) for b in self.batches)  # shallow copies: a task may edit its batch (MLM masking)
 
 
 def pad_to(batch: dict, width: int, pad_values: dict[str, int], left: bool) -> dict:
@@ -234,7 +252,22 @@ def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict
     marks = timer.marks
     if trainer.global_step != len(batches) or len(marks) != len(batches) + 1:
         raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
-    return Round([b - a for a, b in pairwise(marks)], [len(b["labels"]) for b in batches], wall)
+    return Round([b - a for a, b in pairwise(marks)], [len(b["input_ids"]) for b in batches], wall)
+
+
+def plain_loss(wrapper: Any, batch: dict) -> Any:
+    """The task's training loss without Lightning (what its training_step computes, minus logging)."""
+    import torch
+
+    if hasattr(wrapper, "masker"):  # masked LM: on_before_batch_transfer's masking, then lm_step
+        offsets = torch.stack([batch.pop("offset_start"), batch.pop("offset_end")], dim=-1)  # (batch, seq, 2)
+        special = torch.isin(batch["input_ids"], wrapper.special_ids)
+        batch["input_ids"], batch["labels"] = wrapper.masker.torch_mask_tokens(
+            batch["input_ids"].clone(), special_tokens_mask=special,
+            offset_mapping=offsets if wrapper.masker.whole_word_mask else None)
+    if hasattr(wrapper, "lm_step"):
+        return wrapper.lm_step(batch, "train")[0]
+    return wrapper(batch).loss
 
 
 def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int) -> Round:
@@ -261,9 +294,11 @@ def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, s
     optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.manual_seed(seed)
+    if hasattr(wrapper, "masker"):  # the generator Lightning's on_train_epoch_start sets for epoch 0
+        wrapper.masker.generator = wrapper._generator(1)
     marks = [time.perf_counter()]
     for batch in batches:
-        loss = model(**batch).loss
+        loss = plain_loss(wrapper, dict(batch))
         loss.backward()
         if clip is not None:
             clip_fn(params, clip)
@@ -272,7 +307,7 @@ def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, s
         optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
     wall = marks[-1] - t_wall
-    return Round([b - a for a, b in pairwise(marks)], [len(b["labels"]) for b in batches], wall)
+    return Round([b - a for a, b in pairwise(marks)], [len(b["input_ids"]) for b in batches], wall)
 
 
 def median_rate(rounds: list[Round], skip: int) -> float:
@@ -336,6 +371,7 @@ def quiet() -> None:
 def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
                   init_state: dict) -> None:
     print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop, same batches --", flush=True)
+    tag = "" if args.task == "sst2" else f"{args.task}_"  # figure names of run_all.py stay distinct
     warm = batches[: max(args.warmup, 1)]
     lightning_round(cfg, module, warm, init_state, args.seed)
     plain_round(cfg, wrapper, warm, init_state, args.seed)
@@ -359,16 +395,16 @@ def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any,
     per_step_ms = statistics.median(
         (sum(a.steps[skip:]) - sum(b.steps[skip:])) / (n - skip) * 1e3
         for a, b in zip(runs["lightning"], runs["plain"], strict=True))
-    result("lightning_samples_per_s", f"{light:.1f}", f"median of {args.rounds} rounds, steps {skip}..{n - 1}")
-    result("plain_samples_per_s", f"{plain:.1f}", f"median of {args.rounds} rounds, same steps")
-    result("lightning_overhead_pct", f"{(plain / light - 1) * 100:.1f}", "goal <= 2")
-    result("lightning_overhead_pct_best_per_step", f"{(plain_best / light_best - 1) * 100:.1f}",
+    result(tag + "lightning_samples_per_s", f"{light:.1f}", f"median of {args.rounds} rounds, steps {skip}..{n - 1}")
+    result(tag + "plain_samples_per_s", f"{plain:.1f}", f"median of {args.rounds} rounds, same steps")
+    result(tag + "lightning_overhead_pct", f"{(plain / light - 1) * 100:.1f}", "goal <= 2")
+    result(tag + "lightning_overhead_pct_best_per_step", f"{(plain_best / light_best - 1) * 100:.1f}",
            f"goal <= 2; each step's fastest of {args.rounds} rounds, less sensitive to other load: "
            f"lightning {light_best:.1f} vs plain {plain_best:.1f} samples/s")
-    result("lightning_overhead_ms_per_step", f"{per_step_ms:.1f}", "info: median over rounds")
-    result("lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
+    result(tag + "lightning_overhead_ms_per_step", f"{per_step_ms:.1f}", "info: median over rounds")
+    result(tag + "lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
            f"info: all {n} steps, incl. trainer.fit setup/teardown vs the loop incl. optimizer setup")
-    result("weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
+    result(tag + "weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
            "info: lightning vs plain model after the same training; 0 = identical computation")
 
 
@@ -408,6 +444,52 @@ def part_padding(args: argparse.Namespace, cfg: Any, tokenizer: Any, module: Any
     result("same_samples_in_all_variants", "yes" if same_samples(grouped, random_batches) else "NO", "must be yes")
 
 
+def run_task(args: argparse.Namespace, workdir: Path) -> None:
+    """Both parts for one task (args.task), in ``workdir``."""
+    import lightning as L
+
+    from lmlab.builders import build_task_module, build_tokenizer
+    from lmlab.run_dir import plain_config
+
+    cfg = compose_config(overrides_for(args, args.steps), workdir)
+    if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "32"):
+        raise SystemExit("the plain loop mirrors fp32 training without gradient accumulation only")
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    tokenizer = build_tokenizer(cfg)
+    datamodule, batches = train_batches(cfg, tokenizer)
+    batches = batches[: args.steps]
+    if len(batches) <= args.skip:
+        raise SystemExit(f"{args.task}: only {len(batches)} training batches, not more than --skip={args.skip}")
+    label_names = datamodule.label_names
+    module = build_task_module(cfg, plain_config(cfg), label_names, tokenizer=tokenizer)
+    init_state = copy.deepcopy(module.model.state_dict())
+    extra = {"tokenizer": tokenizer} if getattr(module, "needs_tokenizer", False) else {}
+    wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names, **extra)  # the plain loop's
+    n_params = sum(p.numel() for p in module.model.parameters())
+    source = cfg.model.name_or_path or f"random init from_config {cfg.model.from_config.model_type}"
+    print(f"== task {args.task}: {cfg.task.name} ==")
+    print(f"model: {source} ({n_params / 1e6:.1f}M params), task {cfg.task.name}, "
+          f"trainer accelerator={cfg.trainer.accelerator}, precision {cfg.trainer.precision}")
+    print(f"training: {cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler "
+          f"{cfg.scheduler.name} (warmup_ratio {cfg.scheduler.warmup_ratio}), gradient clip "
+          f"{cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm})")
+    print(f"data: {cfg.data.name} train, data.limit_train_samples={cfg.data.limit_train_samples} = {len(batches)} "
+          f"steps x batch {args.batch_size}, max_length {cfg.data.max_length}, "
+          f"group_by_length={cfg.data.group_by_length}, mean padded length "
+          f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}")
+    print("batches: one epoch from lmlab's train_dataloader(), collated ONCE into a list that every run "
+          "reuses (data loading and collation are excluded from all timings)")
+    print(f"timing: {args.warmup} untimed warm-up steps per path, then {args.rounds} rounds per path, "
+          f"interleaved (L P, P L, L P, ...); each round = one epoch from the initial weights and seed; "
+          f"steps {args.skip}..{len(batches) - 1} timed", flush=True)
+    print(flush=True)
+
+    part_overhead(args, cfg, module, wrapper, batches, init_state)
+    if args.pad_steps > 0 and args.task == "sst2":
+        print(flush=True)
+        part_padding(args, cfg, tokenizer, module, init_state, label_names, workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_environment()
@@ -416,9 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     import lightning as L
     import torch
     import transformers
-
-    from lmlab.builders import build_task_module, build_tokenizer
-    from lmlab.run_dir import plain_config
 
     quiet()
     if args.threads is not None:
@@ -435,41 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {load_avg()} (other processes on these cores make timings noisy)")
     print(f"data root: {os.environ['LMLAB_DATA_ROOT']}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
-        workdir = Path(tmp)
-        cfg = compose_config(overrides_for(args, args.steps), workdir)
-        if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "32"):
-            raise SystemExit("the plain loop mirrors fp32 training without gradient accumulation only")
-        L.seed_everything(args.seed, workers=True, verbose=False)
-        tokenizer = build_tokenizer(cfg)
-        datamodule, batches = train_batches(cfg, tokenizer)
-        label_names = datamodule.label_names
-        module = build_task_module(cfg, plain_config(cfg), label_names)
-        init_state = copy.deepcopy(module.model.state_dict())
-        wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names)  # the plain loop's copy
-        n_params = sum(p.numel() for p in module.model.parameters())
-        source = cfg.model.name_or_path or f"random init from_config {cfg.model.from_config.model_type}"
-        print(f"model: {args.model} = {source} ({n_params / 1e6:.1f}M params), task {cfg.task.name}, "
-              f"trainer accelerator={cfg.trainer.accelerator}, precision {cfg.trainer.precision}")
-        print(f"training: {cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler "
-              f"{cfg.scheduler.name} (warmup_ratio {cfg.scheduler.warmup_ratio}), gradient clip "
-              f"{cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm})")
-        print(f"data: {cfg.data.name} train, data.limit_train_samples={cfg.data.limit_train_samples} = {len(batches)} "
-              f"steps x batch {args.batch_size}, max_length {cfg.data.max_length}, "
-              f"group_by_length={cfg.data.group_by_length}, mean padded length "
-              f"{statistics.mean(b['input_ids'].shape[1] for b in batches):.1f}")
-        print("batches: one epoch from lmlab's train_dataloader(), collated ONCE into a list that every run "
-              "reuses (data loading and collation are excluded from all timings)")
-        print(f"timing: {args.warmup} untimed warm-up steps per path, then {args.rounds} rounds per path, "
-              f"interleaved (L P, P L, L P, ...); each round = one epoch from the initial weights and seed; "
-              f"steps {args.skip}..{len(batches) - 1} timed", flush=True)
-        print(flush=True)
-
-        part_overhead(args, cfg, module, wrapper, batches, init_state)
-        if args.pad_steps > 0:
-            print(flush=True)
-            part_padding(args, cfg, tokenizer, module, init_state, label_names, workdir)
-
+    tasks = list(EXPERIMENTS) if args.task == "all" else [args.task]
+    for task in tasks:
+        args.task = task
+        with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
+            run_task(args, Path(tmp))
     print(flush=True)
     print(f"load average at end: {load_avg()}; total time {time.perf_counter() - started:.0f} s")
     return 0

@@ -1,0 +1,218 @@
+"""Close to the limit: the machine's dense matmul peak, and MiniLM fine-tuning's model FLOP utilisation (MFU).
+
+    python benchmarks/mfu.py            # 40 steps per variant, all variants (~5 min quiet)
+    python benchmarks/mfu.py --quick    # 4 steps (bf16: 1), no torch.compile: a smoke run
+
+1. Peak: torch.mm FLOP/s (2·M·K·N per product) for the shapes of a MiniLM step (M = batch tokens, K/N = 384 and
+   1536) and a 2048² square in fp32, best of --mm-repeats; the peak is the fastest. bf16 on one shape.
+2. MFU: SST-2 training steps of MiniLM on lmlab's length-grouped batches (from lmlab's datamodule, collated
+   once; data loading excluded) in a plain PyTorch loop (forward, backward, clip, AdamW; overhead.py measures
+   lmlab's Trainer within ~1 % of it). Model FLOPs per step = 6·params·tokens + attention 12·layers·hidden·Σ
+   seq_len² (forward + backward of QKᵀ and AV), tokens = the padded tokens computed. MFU = achieved model
+   FLOP/s / peak. The issue's definition counts all params (incl. the 11.7M-param embedding table, whose lookup is
+   not a matmul); the non-embedding MFU is printed next to it.
+3. Variants, each from the same initial weights, seed and batches: eager fp32 (torch's default threads),
+   eager fp32 with 1 thread, bf16 autocast (at most --bf16-steps timed steps: slow without native bf16),
+   torch.compile (fp32; compile time excluded, printed). Each one's
+   losses are compared with eager fp32's (results must stay equal: max relative loss difference).
+4. torch.profiler: the top ops of two eager fp32 steps, by self CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import _common as c
+
+VARIANTS = ("eager_fp32", "eager_fp32_1thread", "bf16_autocast", "compile_fp32")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 40; quick 4)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first, compile included (default 3; quick 2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--variants", default=None, help=f"comma list of {VARIANTS} (quick: no compile)")
+    p.add_argument("--mm-repeats", type=int, default=None, help="timed repeats per matmul shape (default 20)")
+    p.add_argument("--bf16-steps", type=int, default=None, help="timed steps of the bf16 variant at most (default 6; quick 1)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
+    args = p.parse_args(argv)
+    args.steps = args.steps or (4 if args.quick else 40)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+    args.bf16_steps = args.bf16_steps or (1 if args.quick else 6)
+    args.mm_repeats = args.mm_repeats or (3 if args.quick else 20)
+    default = VARIANTS[:3] if args.quick else VARIANTS
+    args.variants = args.variants.split(",") if args.variants else list(default)
+    return args
+
+
+# -- 1. matmul peak -----------------------------------------------------------------------------------------
+
+def matmul_flops(m: int, k: int, n: int, dtype: Any, repeats: int) -> float:
+    import torch
+
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best
+
+
+def matmul_peak(tokens: int, hidden: int, ffn: int, repeats: int) -> tuple[float, float]:
+    """(fp32 peak over the shapes, bf16 FLOP/s of the first shape). bf16 is timed on one shape only: on a
+    CPU without native bf16 matmul (AVX2 only) it is ~25x slower than fp32 and would dominate the run."""
+    import torch
+
+    shapes = [(tokens, hidden, hidden), (tokens, hidden, ffn), (tokens, ffn, hidden), (2048, 2048, 2048)]
+    peak = 0.0
+    for m, k, n in shapes:
+        flops = matmul_flops(m, k, n, torch.float32, repeats)
+        print(f"  mm float32 {m}x{k} @ {k}x{n}: {flops / 1e9:.1f} GFLOP/s", flush=True)
+        peak = max(peak, flops)
+    m, k, n = shapes[0]
+    bf16 = matmul_flops(m, k, n, torch.bfloat16, min(repeats, 3))
+    print(f"  mm bfloat16 {m}x{k} @ {k}x{n}: {bf16 / 1e9:.1f} GFLOP/s", flush=True)
+    return peak, bf16
+
+
+# -- 2./3. training steps -----------------------------------------------------------------------------------
+
+def build(args: argparse.Namespace, workdir: Path) -> tuple[Any, list[dict]]:
+    """MiniLM for SST-2 and one epoch of lmlab's grouped training batches (as overhead.py builds them)."""
+    import lightning as L
+
+    import overhead
+    from lmlab.builders import build_task_module, build_tokenizer
+    from lmlab.run_dir import plain_config
+
+    ns = SimpleNamespace(model="minilm", seed=args.seed, batch_size=args.batch_size)
+    n = args.steps + args.warmup
+    cfg = overhead.compose_config(overhead.overrides_for(ns, n), workdir)
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    tokenizer = build_tokenizer(cfg)
+    datamodule, batches = overhead.train_batches(cfg, tokenizer)
+    module = build_task_module(cfg, plain_config(cfg), datamodule.label_names)
+    return module.model, batches
+
+
+def model_flops(model: Any, batches: list[dict]) -> tuple[float, float]:
+    """(model FLOPs with all params, with non-embedding params) for one pass over ``batches``."""
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    tokens = sum(b["input_ids"].numel() for b in batches)
+    attention = sum(12 * cfg.num_hidden_layers * cfg.hidden_size * b["input_ids"].shape[0] * b["input_ids"].shape[1] ** 2
+                    for b in batches)
+    return 6 * params * tokens + attention, 6 * (params - embed) * tokens + attention
+
+
+def run_variant(name: str, model: Any, batches: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``model`` (a fresh copy) on the batches; timings of the last ``args.steps`` steps."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if name.endswith("1thread"):
+        torch.set_num_threads(1)
+    model = copy.deepcopy(model).train()
+    if name.startswith("bf16"):  # slow on CPUs without native bf16: a few timed steps are enough to see it
+        batches = batches[: args.warmup + min(args.steps, args.bf16_steps)]
+    # dynamic=True: one graph for every batch length (grouped batches vary), not a recompile per new shape
+    step_model = torch.compile(model, dynamic=True) if name.startswith("compile") else model
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16")
+                else contextlib.nullcontext())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    torch.manual_seed(args.seed)
+    losses, times = [], []
+    try:
+        for batch in batches:
+            t = time.perf_counter()
+            with autocast:
+                loss = step_model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t)
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    return {"losses": losses, "times": times, "warmup_s": sum(times[: args.warmup]),
+            "timed_s": sum(times[args.warmup:])}
+
+
+def profile_top_ops(model: Any, batches: list[dict], rows: int = 12) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches[:2]:
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    c.set_environment()
+    c.quiet()
+    import torch
+
+    c.header("MFU: matmul peak and MiniLM fine-tuning")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-mfu-") as tmp:
+        model, batches = build(args, Path(tmp))
+    timed = batches[args.warmup:]
+    mean_tokens = sum(b["input_ids"].numel() for b in timed) // len(timed)
+    print(f"setup: {len(batches)} batches of {args.batch_size} ({args.warmup} untimed), mean {mean_tokens} padded "
+          f"tokens per batch, threads {torch.get_num_threads()}", flush=True)
+    print("-- 1. dense matmul peak --", flush=True)
+    peak, bf16 = matmul_peak(mean_tokens, model.config.hidden_size, model.config.intermediate_size, args.mm_repeats)
+    c.result("matmul_peak_fp32_gflops", f"{peak / 1e9:.1f}", "fastest fp32 shape above")
+    c.result("matmul_bf16_vs_fp32", f"{bf16 / matmul_flops(mean_tokens, 384, 384, torch.float32, 3):.3f}x",
+             "info: bf16 mm speed relative to fp32, model-sized shape")
+    rate_of = {}  # variant -> model FLOP/s (all params), over the batches it ran
+    print("-- 2./3. MiniLM training steps --", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.variants:
+        results[name] = r = run_variant(name, model, batches, args)
+        ran = timed[: len(r["times"]) - args.warmup]
+        r["flops"], r["flops_nonembed"] = model_flops(model, ran)
+        r["samples"] = len(ran) * args.batch_size
+        rate_of[name] = rate = r["flops"] / r["timed_s"]
+        print(f"  {name}: {r['samples'] / r['timed_s']:.1f} samples/s, {rate / 1e9:.1f} model "
+              f"GFLOP/s, warm-up {r['warmup_s']:.1f} s", flush=True)
+    base = results[args.variants[0]]
+    base_rate = rate_of[args.variants[0]]
+    for name, r in results.items():
+        c.result(f"mfu_{name}", f"{rate_of[name] / peak:.3f}",
+                 f"goal >= 0.50; non-embedding params: {r['flops_nonembed'] / r['timed_s'] / peak:.3f}; "
+                 f"{rate_of[name] / base_rate:.2f}x the speed of {args.variants[0]}")
+        diff = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(r["losses"], base["losses"], strict=False))
+        c.result(f"loss_max_rel_diff_{name}", f"{diff:.2e}", f"info: vs {args.variants[0]}, {len(r['losses'])} steps")
+    best = max(rate_of, key=rate_of.get)
+    c.result("mfu_best", f"{rate_of[best] / peak:.3f}", f"goal >= 0.50; {best}")
+    print("-- 4. torch.profiler, 2 eager fp32 steps, top ops by self CPU time --", flush=True)
+    profile_top_ops(model, timed)
+    print(f"load average at end: {c.load_avg()}; total time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

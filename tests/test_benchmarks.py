@@ -1,0 +1,40 @@
+"""The benchmark scripts: they parse their arguments, and run_all.py collects `name: value (goal)` lines.
+No timings are asserted (figures come from benchmarks/run_all.py and are recorded in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+BENCH = REPO / "benchmarks"
+SCRIPTS = ["run_all.py", "startup.py", "overhead.py", "hf_trainer.py", "mfu.py", "inference.py", "corpus.py",
+           "gpu_clm.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_quick_mode(script: str) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
+                          env=cli_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout
+
+
+@pytest.mark.slow  # two torch imports: ~15 s quiet, over a minute on a busy machine
+def test_run_all_collects_figure_lines(tmp_path: Path) -> None:
+    """gpu_clm.py through run_all.py: on CPU its figure is the skip line; with CUDA a measured MFU."""
+    log = tmp_path / "bench.log"
+    proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "gpu", "--log", str(log)],
+                          capture_output=True, text=True, env=cli_env(), timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.split("== summary ==", 1)[1].splitlines()
+    assert summary[1].startswith("# gpu (")
+    figure = next(line for line in summary if line.startswith("gpu_gpt2_small_mfu: "))
+    assert figure.endswith("(goal >= 0.45 on an H100)") or "vs nominal" in figure or "measured peak" in figure
+    if "cuda device: none" in proc.stdout:
+        assert figure == "gpu_gpt2_small_mfu: skipped: no CUDA device (goal >= 0.45 on an H100)"
+    assert "gpu_clm.py --quick" in log.read_text()

@@ -346,7 +346,7 @@ def test_compare_pretraining_runs_the_chain_and_reports_both_dev_accuracies(tmp_
 
     out = tmp_path / "compare"
     proc = subprocess.run(
-        [sys.executable, "-m", "lmlab.compare_pretraining", "--out", str(out),
+        [sys.executable, "-m", "lmlab.compare_pretraining", "--out", str(out), "--recipe", "mlm_tiny_wikitext2",
          "--pretrain", *MLM_TINY[1:], "trainer.max_epochs=1",
          "--finetune", "data.limit_train_samples=256", "data.limit_val_samples=128", "data.limit_test_samples=128",
          "trainer.max_epochs=1", *QUIET],

@@ -152,3 +152,53 @@ def test_trained_tokenizer_is_identical_across_trainings(algorithm: str, tmp_pat
                      for run in ("a", "b"))
     assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
     assert first("Two dogs are playing.")["input_ids"] == second("Two dogs are playing.")["input_ids"]
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch):
+    """ENOSPC in the middle of torch.save: the error reaches the caller, the temp file is gone and the
+    previous checkpoint is untouched (atomic write: temp file, fsync, rename)."""
+    import errno
+
+    from lmlab import checkpoints
+    from lmlab.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(target, weights_only=True)["step"] == 1
+
+
+def test_trust_remote_code_is_off_by_default_and_logged_when_on(tmp_path: Path, caplog):
+    from lmlab import models
+
+    from .conftest import compose_train
+
+    for option in ("minilm", "tiny_bert", "pretrained", "tiny_bert_scratch", "tiny_gpt2", "tiny_t5"):
+        assert compose_train([f"model={option}"], tmp_path).model.trust_remote_code is False, option
+
+    (tmp_path / "config.json").write_text("{}")  # a local model dir, as far as locate() checks
+    seen: list[dict] = []
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(location, **kwargs):
+            seen.append(kwargs)
+            return "model"
+
+    with caplog.at_level("WARNING", logger="lmlab.models"):
+        models._load(Loader, str(tmp_path), "model", trust_remote_code=False)
+        assert not caplog.records
+        models._load(Loader, str(tmp_path), "model", trust_remote_code=True)
+    assert [k["trust_remote_code"] for k in seen] == [False, True]
+    assert f"trust_remote_code=true: executing model code shipped with {tmp_path}" in caplog.text

@@ -47,6 +47,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from _common import cpu_model, load_avg  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("minilm", "tiny_bert")
 # --task -> the experiment it runs (sst2 composes `train` with --model instead)
@@ -328,22 +330,6 @@ def max_weight_diff(a: Any, b: Any) -> float:
 
 
 # -- reporting ----------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def result(name: str, value: str, note: str) -> None:

@@ -226,14 +226,19 @@ AUGMENT_OPERATIONS = ("synonym", "insert", "swap", "delete")
 AUGMENT_TASKS = ("sequence_classification",)  # EDA edits words, which would misalign token-level tags
 
 
+def _check_group_task(problems: list[str], cfg: DictConfig, group: str, tasks: tuple[str, ...], does: str) -> None:
+    """A technique group (``group.method`` set) used with a task it does not apply to."""
+    task = _get(cfg, "task.name")
+    if task not in tasks:
+        problems.append(f"{group}={_get(cfg, f'{group}.method')} does not apply to task={task}: it {does} "
+                        f"task={' or task='.join(tasks)}. Fix: {group}=none.")
+
+
 def _check_adversarial(cfg: DictConfig, problems: list[str]) -> None:
     method = _get(cfg, "adversarial.method")
     if method is None:
         return
-    task = _get(cfg, "task.name")
-    if task not in ADVERSARIAL_TASKS:
-        problems.append(f"adversarial={method} does not apply to task={task}: it perturbs the embeddings of "
-                        f"task={' or task='.join(ADVERSARIAL_TASKS)}. Fix: adversarial=none.")
+    _check_group_task(problems, cfg, "adversarial", ADVERSARIAL_TASKS, "perturbs the embeddings of")
     _check_choice(problems, cfg, "adversarial.method", ADVERSARIAL_METHODS)
     for key in ("adversarial.epsilon", "adversarial.alpha", "adversarial.steps"):
         _check_positive(problems, cfg, key)
@@ -247,10 +252,7 @@ def _check_augment(cfg: DictConfig, problems: list[str]) -> None:
     method = _get(cfg, "augment.method")
     if method is None:
         return
-    task = _get(cfg, "task.name")
-    if task not in AUGMENT_TASKS:
-        problems.append(f"augment={method} does not apply to task={task}: it rewrites the texts of "
-                        f"task={' or task='.join(AUGMENT_TASKS)}. Fix: augment=none.")
+    _check_group_task(problems, cfg, "augment", AUGMENT_TASKS, "rewrites the texts of")
     _check_choice(problems, cfg, "augment.method", AUGMENT_METHODS)
     for key in ("augment.prob", "augment.alpha"):
         value = _get(cfg, key)

@@ -66,6 +66,9 @@ def test_every_option_composes_validates_and_resolves(group: str, option: str, t
         overrides += ["data.files.train=a.csv", "data.files.validation=b.csv"]
     if group == "finetune" and option == "head_warmup":
         overrides.append("trainer.max_epochs=2")  # unfreezes at epoch 1: the 1-epoch default recipe never gets there
+    if group == "augment" and option == "back_translation":
+        (tmp_path / "config.json").write_text("{}")  # validate checks the two model dirs exist (no loading)
+        overrides += [f"augment.forward_model={tmp_path}", f"augment.backward_model={tmp_path}"]
     cfg = _resolved(_compose(overrides), tmp_path)
     validate(cfg)
     assert cfg.hydra_choices[group] == option

@@ -141,6 +141,7 @@ class LanguageModelingDataConfig(DataConfig):
     grouping: str = "block"
     line_ranges: LineRanges = field(default_factory=LineRanges)
     next_sentence: bool = False
+    num_proc: int | None = None  # tokenizer processes; None = auto (all usable cores, up to 8, for >= 50k lines)
 
 
 @dataclass
@@ -315,6 +316,16 @@ class AugmentConfig:
     operations: list[str] = field(default_factory=lambda: ["synonym", "insert", "swap", "delete"])
     alpha: float = 0.1
     synonyms: str | None = None
+    # method back_translation (lmlab.data.back_translation): two seq2seq models, text -> pivot -> text.
+    forward_model: str | None = None
+    backward_model: str | None = None
+    forward_prefix: str = ""
+    backward_prefix: str = ""
+    num_beams: int = 4
+    do_sample: bool = False
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 32
 
 
 @dataclass

@@ -127,6 +127,7 @@ def _check_language_modeling(cfg: DictConfig, problems: list[str]) -> None:
     # (A task paired with another task's data config is reported by the datamodule: every group option
     # alone composes with the default data=sst2, and must still validate.)
     _check_choice(problems, cfg, "data.grouping", ("line", "block"))
+    _check_positive(problems, cfg, "data.num_proc")
     for split in ("train", "validation", "test"):
         span = _get(cfg, f"data.line_ranges.{split}")
         if span is not None and not (len(span) == 2 and 0.0 <= span[0] < span[1] <= 1.0):
@@ -221,7 +222,7 @@ def _check_finetune(cfg: DictConfig, problems: list[str]) -> None:
 # adversarial= / augment= / task.aux_mlm_weight (issue 5). The techniques' modules read these tuples too.
 ADVERSARIAL_METHODS = ("fgm", "pgd")
 ADVERSARIAL_TASKS = ("sequence_classification", "token_classification")  # encoders with a per-batch task loss
-AUGMENT_METHODS = ("eda",)
+AUGMENT_METHODS = ("eda", "back_translation")
 AUGMENT_OPERATIONS = ("synonym", "insert", "swap", "delete")
 AUGMENT_TASKS = ("sequence_classification",)  # EDA edits words, which would misalign token-level tags
 
@@ -258,6 +259,9 @@ def _check_augment(cfg: DictConfig, problems: list[str]) -> None:
         value = _get(cfg, key)
         if value is not None and not 0.0 < value <= 1.0:
             problems.append(f"{key}={value} must be in (0, 1]. Fix: `{key}=0.1`.")
+    if method == "back_translation":
+        _check_back_translation(cfg, problems)
+        return
     operations = list(_get(cfg, "augment.operations") or [])
     unknown = [op for op in operations if op not in AUGMENT_OPERATIONS]
     if unknown or not operations:
@@ -270,6 +274,19 @@ def _check_augment(cfg: DictConfig, problems: list[str]) -> None:
         if not Path(str(synonyms)).expanduser().is_file():
             problems.append(f"augment.synonyms={synonyms}: no such file. Fix: a text file with one comma-separated "
                             "synonym group per line, or augment.synonyms=null for lmlab's English list.")
+
+
+def _check_back_translation(cfg: DictConfig, problems: list[str]) -> None:
+    """augment=back_translation: both models usable (a local seq2seq dir, or a hub id in the cache when offline)
+    and positive generation settings. Checked without torch (lmlab.data.back_translation.spec_problem)."""
+    from lmlab.data.back_translation import MODEL_KEYS, spec_problem
+
+    for key in MODEL_KEYS:
+        problem = spec_problem(key, _get(cfg, f"augment.{key}"))
+        if problem is not None:
+            problems.append(problem)
+    for key in ("augment.num_beams", "augment.max_new_tokens", "augment.batch_size", "augment.temperature"):
+        _check_positive(problems, cfg, key)
 
 
 def _check_aux_mlm(cfg: DictConfig, problems: list[str]) -> None:

@@ -13,6 +13,9 @@ reaches the workers with each index: the train sampler is wrapped to yield ``(ep
 Operations (one drawn per augmented row, as in EDA; ``alpha`` sets how many words change, at least one):
 ``synonym`` replaces words by synonyms from a list file, ``insert`` inserts a synonym of a word of the text at
 a random place, ``swap`` swaps two words, ``delete`` drops each word with probability alpha (keeping one).
+
+``augment.method=back_translation`` instead swaps a row's text for its paraphrase through a pivot language,
+generated once per train split and cached (lmlab.data.back_translation), with the same per-row draws.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from lmlab.config.validate import AUGMENT_METHODS
+from lmlab.data.back_translation import BackTranslation, prepare_paraphrases
 from lmlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -114,9 +118,10 @@ class EDA:
 
 
 def build_augmenter(cfg: dict[str, Any]) -> EDA:
-    """The augmenter of an ``augment`` config (method eda)."""
-    if cfg["method"] not in AUGMENT_METHODS:
-        raise ConfigError([f"augment.method={cfg['method']!r} is not a valid choice. Valid: {', '.join(AUGMENT_METHODS)}."])
+    """The augmenter of an ``augment`` config with method eda (back_translation: ``back_translation_augmenter``)."""
+    if cfg["method"] != "eda":
+        valid = ", ".join(AUGMENT_METHODS)
+        raise ConfigError([f"augment.method={cfg['method']!r} is not an EDA method here. Valid: {valid}."])
     synonyms = load_synonyms(cfg.get("synonyms"))
     return EDA(synonyms, list(cfg["operations"]), float(cfg["alpha"]), float(cfg["prob"]))
 
@@ -151,7 +156,8 @@ class AugmentedRows(Dataset):
     """The train split as raw texts + label ids; item ``(epoch, row)`` is that row augmented for that epoch
     and tokenized with ``encode(texts, pairs)`` (a batch-of-one call returning lists)."""
 
-    def __init__(self, texts: list[str], pairs: list[str] | None, labels: list[int], augmenter: EDA, seed: int,
+    def __init__(self, texts: list[str], pairs: list[str] | None, labels: list[int],
+                 augmenter: EDA | BackTranslation, seed: int,
                  encode: Callable[[list[str], list[str] | None], dict[str, list[Any]]]):
         self.texts = texts
         self.pairs = pairs
@@ -187,6 +193,14 @@ class Tokenize:
         return dict(self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length))
 
 
+def back_translation_augmenter(texts: list[str], augment: dict[str, Any], datamodule: Any) -> BackTranslation:
+    """The back-translation augmenter of the train rows ``texts``: their paraphrases, generated now or read
+    from ``${paths.cache_dir}/back_translation`` (beside the tokenized-data cache)."""
+    cache_root = Path(str(datamodule.cfg.cache_dir)).parent
+    paraphrases, _, _ = prepare_paraphrases(texts, augment, cache_root, datamodule.seed)
+    return BackTranslation(texts, paraphrases, float(augment["prob"]))
+
+
 def augmented_loader(datamodule: Any, augment: dict[str, Any]) -> Any:
     """``datamodule``'s train loader serving augmented texts, tokenized on the fly: same sampler (length
     groups of the original texts), batch size, collator and workers as the cached one."""
@@ -202,11 +216,18 @@ def augmented_loader(datamodule: Any, augment: dict[str, Any]) -> Any:
     def texts(column: str) -> list[str]:
         return ["" if t is None else str(t) for t in column_values(raw, column)]
 
-    rows = AugmentedRows(texts(cfg.text_column), texts(cfg.text_pair_column) if cfg.text_pair_column else None,
-                         column_values(datamodule.datasets["train"], "labels"), build_augmenter(augment),
+    first = texts(cfg.text_column)
+    if augment["method"] == "back_translation":
+        augmenter: EDA | BackTranslation = back_translation_augmenter(first, augment, datamodule)
+        log.info("augment=back_translation: train texts replaced by their paraphrase on the fly (prob %s); "
+                 "eval data is not", augment["prob"])
+    else:
+        augmenter = build_augmenter(augment)
+        log.info("augment=%s: train texts augmented on the fly (prob %s, operations %s, alpha %s); eval data is not",
+                 augment["method"], augment["prob"], list(augment["operations"]), augment["alpha"])
+    rows = AugmentedRows(first, texts(cfg.text_pair_column) if cfg.text_pair_column else None,
+                         column_values(datamodule.datasets["train"], "labels"), augmenter,
                          datamodule.seed, Tokenize(datamodule.tokenizer, cfg.max_length))
-    log.info("augment=%s: train texts augmented on the fly (prob %s, operations %s, alpha %s); eval data is not",
-             augment["method"], augment["prob"], list(augment["operations"]), augment["alpha"])
     return DataLoader(rows, batch_size=loader.batch_size, sampler=EpochSampler(loader.sampler),
                       collate_fn=loader.collate_fn, num_workers=loader.num_workers,
                       persistent_workers=loader.persistent_workers, drop_last=False)

@@ -15,7 +15,7 @@ from tests.conftest import REPO, compose_train, read_json, run_dirs, run_lmlab, 
 TASK_DATA = {"sequence_classification": "sst2", "token_classification": "wnut17", "masked_lm": "wikitext2",
              "causal_lm": "tinyshakespeare", "seq2seq": "multi30k"}
 TASKS = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml"))
-OPTIONS = ["adversarial=fgm", "adversarial=pgd", "augment=eda", "task.aux_mlm_weight=0.5"]
+OPTIONS = ["adversarial=fgm", "adversarial=pgd", "augment=eda", "augment=back_translation", "task.aux_mlm_weight=0.5"]
 APPLIES = {"adversarial": ("sequence_classification", "token_classification"), "augment": ("sequence_classification",),
            "task.aux_mlm_weight": ("sequence_classification",)}
 
@@ -39,6 +39,9 @@ def test_every_option_composes_with_every_task_it_applies_to(task: str, option: 
     from lmlab.errors import ConfigError
 
     overrides = [f"task={task}", f"data={TASK_DATA.get(task, 'sst2')}", option]
+    if option == "augment=back_translation":  # validate checks that both model dirs exist (nothing is loaded)
+        (tmp_path / "config.json").write_text("{}")
+        overrides += [f"augment.forward_model={tmp_path}", f"augment.backward_model={tmp_path}"]
     key = option.split("=")[0]
     if task in APPLIES[key]:
         cfg = compose_train(overrides, tmp_path, check=True)

@@ -146,9 +146,14 @@ def test_every_recipe_composes_with_the_prompt_task(tmp_path: Path):
         assert cfg.task.name == "prompt_classification" and cfg.model.name_or_path == str(tmp_path)
     fewshot = compose_train(["experiment=sst2_prompt_minilm_fewshot", f"model.name_or_path={tmp_path}"], tmp_path)
     assert fewshot.task.few_shot_k == 16 and fewshot.data.limit_train_samples is None
+    # Zero-shot is scored calibrated (raw scores pick one word for every sentence); the few-shot model as it is.
+    zero_shot = compose_train(["experiment=sst2_prompt_minilm", f"model.name_or_path={tmp_path}"], tmp_path)
+    assert zero_shot.task.calibrate is True and fewshot.task.calibrate is False
     mlm = compose_train(["experiment=mlm_minilm_sst2"], tmp_path)
     validate(mlm)
     assert (mlm.task.name, mlm.data.text_column, mlm.data.format) == ("masked_lm", "sentence", "tsv")
+    # The new MLM head learns 20x faster than the pretrained encoder (param groups: finetune.head_lr).
+    assert (mlm.optimizer.lr, mlm.finetune.head_lr, mlm.data.limit_train_samples) == (1e-4, 2e-3, 32000)
 
 
 def test_zero_shot_evaluate_without_checkpoint_writes_metrics(workdir: Path):

@@ -347,7 +347,8 @@ def test_compare_pretraining_runs_the_chain_and_reports_both_dev_accuracies(tmp_
     out = tmp_path / "compare"
     proc = subprocess.run(
         [sys.executable, "-m", "lmlab.compare_pretraining", "--out", str(out), "--recipe", "mlm_tiny_wikitext2",
-         "--pretrain", *MLM_TINY[1:], "trainer.max_epochs=1",
+         "--pretrain", *MLM_TINY[1:], "trainer.max_epochs=1", "model.from_config.hidden_size=32",
+         "model.from_config.intermediate_size=64",
          "--finetune", "data.limit_train_samples=256", "data.limit_val_samples=128", "data.limit_test_samples=128",
          "trainer.max_epochs=1", *QUIET],
         cwd=tmp_path, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
@@ -356,5 +357,23 @@ def test_compare_pretraining_runs_the_chain_and_reports_both_dev_accuracies(tmp_
     for arm in ("random_init", "pretrained"):
         assert 0.0 <= summary[arm]["dev_acc"] <= 1.0
         assert f"{summary[arm]['dev_acc']:.4f}" in proc.stdout
-    assert "model.init_from=" in (out / "pretrained" / "train.log").read_text()
+    pretrained_log = (out / "pretrained" / "train.log").read_text()
+    # Both arms build the pretrained architecture (hidden 32, not the recipe's 64): every encoder weight loads.
+    assert "model.init_from=" in pretrained_log and "shape differs" not in pretrained_log
     assert "model.init_from" not in (out / "random_init" / "train.log").read_text()
+    for arm in ("random_init", "pretrained"):
+        assert "hidden_size: 32" in (out / arm / "config_resolved.yaml").read_text()
+
+
+def test_compare_pretraining_fine_tunes_the_architecture_that_was_pretrained(tmp_path: Path):
+    from lmlab.compare_pretraining import architecture_overrides
+
+    (tmp_path / "config_resolved.yaml").write_text(
+        "model:\n  from_config:\n    model_type: bert\n    hidden_size: 128\n    hidden_dropout_prob: 0.1\n"
+        "    tie_word_embeddings: false\n    pad_token_id: null\n")
+    assert architecture_overrides(tmp_path) == [
+        "++model.from_config.model_type=bert", "++model.from_config.hidden_size=128",
+        "++model.from_config.hidden_dropout_prob=0.1", "++model.from_config.tie_word_embeddings=false",
+        "++model.from_config.pad_token_id=null"]
+    (tmp_path / "config_resolved.yaml").write_text("model:\n  name_or_path: some/export\n  from_config: null\n")
+    assert architecture_overrides(tmp_path) == []

@@ -37,10 +37,25 @@ def train(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     return metrics
 
 
+def architecture_overrides(run_dir: Path) -> list[str]:
+    """``++model.from_config.KEY=VALUE`` for every field of the pretraining run's model.from_config: the two
+    fine-tuning arms must build the architecture that was pretrained (a ``--pretrain model.from_config.*``
+    change would otherwise leave the pretrained arm loading only the weights whose shapes happen to match)."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.load(run_dir / "config_resolved.yaml").model
+    fields = OmegaConf.to_container(model.from_config) if model.get("from_config") else {}
+
+    def value(v: Any) -> str:
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [f"++model.from_config.{key}={value(v)}" for key, v in fields.items()]
+
+
 def compare(out: Path, recipe: str, pretrain_extra: list[str], finetune_extra: list[str]) -> dict[str, Any]:
     pre_dir = out / "pretrain"
     pretrain = train(pre_dir, [f"experiment={recipe}", *pretrain_extra])
-    tokenizer = [f"model.tokenizer={pre_dir / 'export'}"]
+    tokenizer = [f"model.tokenizer={pre_dir / 'export'}", *architecture_overrides(pre_dir)]
     random_init = train(out / "random_init", [*FINETUNE, *tokenizer, *finetune_extra])
     pretrained = train(out / "pretrained", [*FINETUNE, *tokenizer, f"model.init_from={pre_dir / 'checkpoints' / 'best.ckpt'}",
                                             *finetune_extra])

@@ -7,6 +7,8 @@ batches. A task subclass says only which columns it reads and how a batch of row
 
 from __future__ import annotations
 
+import copy
+import gc
 import hashlib
 import json
 import logging
@@ -17,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lmlab.data.loading import column_values, load_split, require_columns, resolve_file
+from lmlab.data.loading import load_split, require_columns, resolve_file
 from lmlab.data.sampling import LengthGroupedSampler, PadCollator, ResumableDataLoader, by_length
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached layout or encoding logic changes
+CACHE_FORMAT = 2  # bump when the cached layout or encoding logic changes
 HASH_FULL_FILE_BYTES = 64 * 1024 * 1024
 SPLITS = ("train", "validation", "test")  # plus "predict", set up by `lmlab predict`
 
@@ -53,6 +56,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         body = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
     return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
+
+
+def numbers(ds: Any, name: str) -> np.ndarray:
+    """A numeric column as one numpy array (a corpus's millions of lengths, not a Python list)."""
+    return np.asarray(ds.with_format("numpy")[name][:])
 
 
 class TextDataModule(L.LightningDataModule):
@@ -121,6 +129,15 @@ class TextDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return {"input_ids": pad, "attention_mask": 0, "token_type_ids": 0}
 
+    def num_proc(self, rows: int) -> int | None:
+        """Worker processes for tokenizing a split of ``rows`` raw rows (None: this process)."""
+        return None
+
+    def regroup(self, encoded: Any, split: str, work: Path | None) -> Any:
+        """Encoded rows -> examples (language modeling cuts the token stream into blocks); ``work`` is the
+        directory for new Arrow files (None: build in memory)."""
+        return encoded
+
     def collator(self) -> Any:
         """Turns a list of encoded rows into a batch (seq2seq extends it to carry reference texts)."""
         return PadCollator(self.pad_values(), self.tokenizer.padding_side)
@@ -158,16 +175,41 @@ class TextDataModule(L.LightningDataModule):
         self.check_split(raw, split, source)
         total = len(raw)
         raw = self.select_rows(raw, split)
-        encoded = raw.map(lambda b: self.encode(b, split), batched=True, batch_size=self.encode_batch_size,
-                          remove_columns=raw.column_names, desc=f"tokenize {split}",
-                          keep_in_memory=True, new_fingerprint=self._cache_key(split))
-        lengths = column_values(encoded, "length")
-        truncated = sum(1 for n in column_values(encoded, "untruncated_length") if n > self.cfg.max_length)
+        work = self._work_dir(split)
+        if work is not None:
+            work.mkdir(parents=True, exist_ok=True)
+        num_proc = self.num_proc(len(raw))
+        # Worker processes get a pickled copy of this datamodule: without the loaded splits or a trainer.
+        encoder = self if num_proc is None else copy.copy(self)
+        if num_proc is not None:
+            encoder.datasets, encoder.trainer = {}, None
+        # With a cache, map writes Arrow files into the work directory (memory-mapped, not held in RAM).
+        # gc.freeze: a forked worker's garbage collections then skip the parent's objects instead of touching
+        # (and so copying) every page of the parent's heap.
+        if num_proc is not None:
+            gc.freeze()
+        try:
+            encoded = raw.map(lambda b: encoder.encode(b, split), batched=True, batch_size=self.encode_batch_size,
+                              remove_columns=raw.column_names, desc=f"tokenize {split}", num_proc=num_proc,
+                              keep_in_memory=work is None, new_fingerprint=self._cache_key(split),
+                              cache_file_name=None if work is None else str(work / "encoded.arrow"))
+        finally:
+            gc.unfreeze()
+        encoded = self.regroup(encoded, split, work)
+        lengths = numbers(encoded, "length")
+        truncated = int((numbers(encoded, "untruncated_length") > self.cfg.max_length).sum())
         encoded = encoded.remove_columns(["untruncated_length"])
         stats = {"source": source, "rows": len(encoded), "rows_in_file": total, "truncated": truncated,
-                 "max_tokens": max(lengths), "mean_tokens": sum(lengths) / len(lengths),
+                 "max_tokens": int(lengths.max()), "mean_tokens": float(lengths.mean()),
                  "label_names": self.label_names}
         return encoded, stats
+
+    def _work_dir(self, split: str) -> Path | None:
+        """Where a split's intermediate Arrow files go while it is built (None: in memory, no cache)."""
+        if not self.cfg.use_cache:
+            return None
+        path = self._cache_path(split)
+        return path.with_name(path.name + f".work-{os.getpid()}")
 
     def _raw_cache_dir(self) -> str:
         return str(Path(str(self.cfg.cache_dir)).parent / "hf_datasets")
@@ -188,16 +230,23 @@ class TextDataModule(L.LightningDataModule):
         with FileLock(str(path) + ".lock"):  # DDP ranks and parallel jobs build each split once
             if self.cfg.use_cache and meta_file.is_file():
                 return self._load_or_build(split)
-            encoded, stats = self._build_split(split)
-            self.cache_hits[split] = False
-            if self.cfg.use_cache:
-                tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
-                encoded.save_to_disk(str(tmp))
-                (tmp / "lmlab_meta.json").write_text(json.dumps(stats, indent=1))
-                shutil.rmtree(path, ignore_errors=True)
-                os.replace(tmp, path)
-                encoded = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
+            work = self._work_dir(split)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)  # left by a killed build of this process id
+            try:
+                encoded, stats = self._build_split(split)
+                self.cache_hits[split] = False
+                if self.cfg.use_cache:
+                    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    encoded.save_to_disk(str(tmp))
+                    (tmp / "lmlab_meta.json").write_text(json.dumps(stats, indent=1))
+                    shutil.rmtree(path, ignore_errors=True)
+                    os.replace(tmp, path)
+                    encoded = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
+            finally:
+                if work is not None:
+                    shutil.rmtree(work, ignore_errors=True)
             self.datasets[split] = encoded
             self.stats[split] = stats
 
@@ -231,7 +280,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.datasets[split]
-        lengths = column_values(ds, "length")
+        lengths = numbers(ds, "length")
         ds = ds.remove_columns(["length"])
         if train:
             sampler: Any = LengthGroupedSampler(lengths, self.cfg.batch_size, self.seed,
@@ -268,5 +317,5 @@ class TextDataModule(L.LightningDataModule):
 
     def eval_order(self, split: str) -> list[int]:
         """Row order in which the eval/predict loader of ``split`` yields examples."""
-        lengths = column_values(self.datasets[split], "length")
+        lengths = numbers(self.datasets[split], "length")
         return by_length(lengths) if self.cfg.group_by_length else list(range(len(lengths)))

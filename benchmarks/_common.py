@@ -136,7 +136,9 @@ class PeakRSS:
             try:
                 total += p.memory_info().rss
                 t = p.cpu_times()
-                self._cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                # Own time only: a reaped child's time also shows in its parent's children_* fields, and the
+                # child is in this dict already (its last sample), so adding both counted it twice.
+                self._cpu[p.pid] = t.user + t.system
             except psutil.Error:
                 continue
         self.peak = max(self.peak, total)

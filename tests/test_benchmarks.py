@@ -38,3 +38,18 @@ def test_run_all_collects_figure_lines(tmp_path: Path) -> None:
     if "cuda device: none" in proc.stdout:
         assert figure == "gpu_gpt2_small_mfu: skipped: no CUDA device (goal >= 0.45 on an H100)"
     assert "gpu_clm.py --quick" in log.read_text()
+
+
+def test_cpu_seconds_of_a_process_tree_count_each_process_once() -> None:
+    """A child that burns ~1 CPU second and exits must add ~1 s, not 2 (its parent's children_* fields repeat it)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import PeakRSS
+    finally:
+        sys.path.remove(str(BENCH))
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
+    parent = f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {burn!r}])\ntime.sleep(0.3)\n"
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    with PeakRSS(proc.pid) as meter:
+        proc.wait(timeout=60)
+    assert 0.9 <= meter.cpu_s <= 1.6, meter.cpu_s

@@ -64,6 +64,10 @@ def set_environment() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("LMLAB_DATA_ROOT", str(REPO.parent / "shared" / "data"))
     os.environ.setdefault("LMLAB_ROOT", str(REPO))  # paths.root_dir: the checkout's tokenization cache
+    # What `lmlab train` does before building anything: both paths below then share the allocator setting.
+    from lmlab.train import keep_large_allocations_on_the_heap
+
+    keep_large_allocations_on_the_heap()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -65,7 +65,7 @@ def set_environment() -> None:
     os.environ.setdefault("LMLAB_DATA_ROOT", str(REPO.parent / "shared" / "data"))
     os.environ.setdefault("LMLAB_ROOT", str(REPO))  # paths.root_dir: the checkout's tokenization cache
     # What `lmlab train` does before building anything: both paths below then share the allocator setting.
-    from lmlab.train import keep_large_allocations_on_the_heap
+    from lmlab.app import keep_large_allocations_on_the_heap
 
     keep_large_allocations_on_the_heap()
 

@@ -90,7 +90,7 @@ def test_large_tensors_stay_on_the_heap_instead_of_faulting_in_fresh_pages_each_
 
     probe = (
         "import resource, sys, torch\n"
-        "from lmlab.train import keep_large_allocations_on_the_heap\n"
+        "from lmlab.app import keep_large_allocations_on_the_heap\n"
         "def faults():\n"
         "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "def steps():\n"

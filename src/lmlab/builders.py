@@ -159,7 +159,7 @@ def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, An
     from lmlab.errors import CheckpointError
 
     path = Path(str(cfg.ckpt_path)).expanduser()
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, mmap=True)
     meta = lmlab_metadata(checkpoint, path)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_cfg = config_from_checkpoint(meta["config"], cfg, overrides)

@@ -25,15 +25,20 @@ def _good_checkpoints_near(path: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.ckpt") if p != path) if folder.is_dir() else []
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely; every failure names the file and the other checkpoints beside it."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely; every failure names the file and the other checkpoints beside it.
+
+    ``mmap=True`` maps the file instead of reading it: only the tensors a caller touches are read, so a caller
+    that wants the weights alone (evaluate, predict, init_from) skips the optimizer state, twice the weights'
+    size with Adam. Those tensors share the file's pages: copy them (load_state_dict does) before it changes.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         others = _good_checkpoints_near(path)
         hint = f" Checkpoints in {path.parent}: {others}." if others else ""
         raise CheckpointError(f"Checkpoint {path} does not exist.{hint} Fix: ckpt_path=<an existing .ckpt>.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"Refusing to load {path}: it contains pickled objects that are not plain tensors/containers "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DATA_ROOT, cli_env, read_json, run_dirs, run_lmlab, tiny
+from .conftest import DATA_ROOT, cli_env, compose_train, read_json, run_dirs, run_lmlab, tiny
 
 STEPS_PER_EPOCH = 128 // 16  # data.limit_train_samples / data.batch_size in TINY
 
@@ -148,7 +148,47 @@ def test_same_seed_twice_gives_identical_metrics_and_hits_the_cache(workdir: Pat
     assert "[tokenized]" not in log2 and log2.count("[cache hit]") == 3
     cached = sorted(p.name for p in (workdir / "cache" / "tokenized" / "sequence_classification").iterdir()
                     if not p.name.endswith(".lock"))
-    assert len(cached) == 3 and {c.split("-")[0] for c in cached} == {"train", "validation", "test"}
+    assert len(cached) == 4 and {c.split("-")[0] for c in cached} == {"train", "validation", "test", "labels"}
+    # The labels found in the train file are kept beside the splits: the second run did not read the file again.
+    (labels,) = (workdir / "cache" / "tokenized" / "sequence_classification").glob("labels-*.json")
+    assert read_json(labels)["labels"] == ["0", "1"]
+
+
+def test_a_rerun_takes_the_train_labels_from_the_cache_and_a_changed_file_is_read_again(tmp_path: Path,
+                                                                                        monkeypatch):
+    """Listing the labels needs the whole train file; on a rerun over the same file (content hash) and options the
+    list comes from the cache, so nothing reads the file. Edited labels in the file are found, not the old list."""
+    import lmlab.data.base as base
+    from lmlab.builders import build_datamodule, build_tokenizer
+
+    (tmp_path / "d").mkdir()
+    rows = [f"sentence number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(40)]
+    train = tmp_path / "d" / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (tmp_path / "d" / "dev.tsv").write_text("sentence\tlabel\nanother one\tpos\n")
+    overrides = tiny(f"data.root={tmp_path / 'd'}", "data.files.test=null", "data.limit_train_samples=null",
+                     f"paths.cache_dir={tmp_path / 'cache'}")
+
+    def prepared():
+        cfg = compose_train(overrides, tmp_path, check=True)
+        dm = build_datamodule(cfg, build_tokenizer(cfg))
+        dm.prepare_data()
+        return dm
+
+    assert prepared().label_names == ["neg", "pos"]
+    real_load_split = base.load_split
+
+    def no_train_reads(cfg, split, *args):
+        assert split != "train", "the train file was read again"
+        return real_load_split(cfg, split, *args)
+
+    monkeypatch.setattr(base, "load_split", no_train_reads)
+    again = prepared()
+    assert again.label_names == ["neg", "pos"] and again.cache_hits == {"train": True, "validation": True}
+    monkeypatch.setattr(base, "load_split", real_load_split)
+    train.write_text(train.read_text().replace("\tpos", "\tgood"))
+    (tmp_path / "d" / "dev.tsv").write_text("sentence\tlabel\nanother one\tgood\n")
+    assert prepared().label_names == ["good", "neg"]
 
 
 def test_overfit_tiny_model_reaches_full_train_accuracy(workdir: Path):

@@ -69,6 +69,9 @@ class TextDataModule(L.LightningDataModule):
     task_name = "text"
     # Raw rows per ``encode`` call; None = the whole split at once (tasks that group rows across a split).
     encode_batch_size: int | None = 1000
+    # False when discover_labels does not look at the rows (language modeling): the train file is then not read
+    # for it, and no label list is cached.
+    labels_from_data = True
 
     def __init__(self, data_cfg: DictConfig, tokenizer: Any, seed: int = 0, label_names: list[str] | None = None,
                  splits: tuple[str, ...] = SPLITS):
@@ -83,6 +86,7 @@ class TextDataModule(L.LightningDataModule):
         self.sources: dict[str, str] = {}  # split -> the file (or hub name) it was read from, for messages
         self.stats: dict[str, dict[str, Any]] = {}
         self.cache_hits: dict[str, bool] = {}
+        self._tokenizer_key: str | None = None  # tokenizer_fingerprint, once per datamodule (it hashes the vocab)
 
     # -- what a task defines ------------------------------------------------------------------------
     def columns(self, split: str) -> list[str]:
@@ -154,16 +158,47 @@ class TextDataModule(L.LightningDataModule):
             raw = (raw.shuffle(seed=self.seed) if split == "train" else raw).select(range(limit))
         return raw
 
-    def _cache_key(self, split: str) -> str:
-        source = self.source_fingerprint(split)
+    def _options(self) -> dict[str, Any]:
+        """The data options that change what is read or encoded (not where files live, not batching)."""
         options = OmegaConf.to_container(self.cfg, resolve=True)
         for volatile in ("root", "files", "cache_dir", "use_cache", "batch_size", "eval_batch_size",
                          "num_workers", "group_by_length", "name"):
             options.pop(volatile, None)
-        key = json.dumps({"format": CACHE_FORMAT, "task": self.task_name, "split": split, "source": source,
-                          "tokenizer": tokenizer_fingerprint(self.tokenizer), "options": options,
-                          "labels": self.label_names, "seed": self.seed}, sort_keys=True, default=str)
+        return options
+
+    def _cache_key(self, split: str) -> str:
+        if self._tokenizer_key is None:
+            self._tokenizer_key = tokenizer_fingerprint(self.tokenizer)
+        key = json.dumps({"format": CACHE_FORMAT, "task": self.task_name, "split": split,
+                          "source": self.source_fingerprint(split), "tokenizer": self._tokenizer_key,
+                          "options": self._options(), "labels": self.label_names, "seed": self.seed},
+                         sort_keys=True, default=str)
         return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+    def _labels_file(self) -> Path:
+        """Where the label names discovered in the train file are kept: keyed by its content and the options,
+        so a rerun on unchanged data does not read the whole train file again only to list its labels."""
+        key = json.dumps({"format": CACHE_FORMAT, "task": self.task_name, "source": self.source_fingerprint("train"),
+                          "options": self._options()}, sort_keys=True, default=str)
+        return Path(str(self.cfg.cache_dir)) / self.task_name / f"labels-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+    def _train_labels(self) -> list[str] | None:
+        """discover_labels over the train split, or its cached answer for the same file and options."""
+        if not self.labels_from_data:
+            return self.discover_labels(None)
+        cached = self._labels_file() if self.cfg.use_cache else None
+        if cached is not None and cached.is_file():
+            return json.loads(cached.read_text())["labels"]
+        raw, source = load_split(self.cfg, "train", self._raw_cache_dir())
+        self.sources["train"] = source
+        require_columns(raw, self.columns("train"), source, "train")
+        labels = self.discover_labels(raw)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"labels": labels, "source": source}))
+            os.replace(tmp, cached)
+        return labels
 
     def _cache_path(self, split: str) -> Path:
         return Path(str(self.cfg.cache_dir)) / self.task_name / f"{split}-{self._cache_key(split)}"
@@ -266,10 +301,7 @@ class TextDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize (or load from cache) every configured split. Safe to call on every rank."""
         if self.label_names is None and "train" in self.splits:
-            raw, source = load_split(self.cfg, "train", self._raw_cache_dir())
-            self.sources["train"] = source
-            require_columns(raw, self.columns("train"), source, "train")
-            self.label_names = self.discover_labels(raw)
+            self.label_names = self._train_labels()
         for split in self.splits:
             if split not in self.datasets:
                 self._load_or_build(split)

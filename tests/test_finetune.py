@@ -261,6 +261,7 @@ def test_fused_optimizer_is_used_where_torch_has_a_kernel_and_false_keeps_the_de
     assert use_fused_kernel(None, params) is True  # auto on CPU
     assert use_fused_kernel(False, params) is None  # torch's own default (per-parameter loop on CPU)
     assert use_fused_kernel(True, params) is True
+    assert use_fused_kernel(None, params, grad_scaler=True) is None  # 16-mixed: Lightning clips unscaled grads
     assert use_fused_kernel(None, [torch.nn.Parameter(torch.zeros(3), requires_grad=False).to("meta")]) is None
 
     class FlatParameter(torch.nn.Parameter):  # a wrapper's own parameter type (FSDP): left to torch

@@ -124,6 +124,37 @@ def test_mlm_recipe_fast_dev_run_with_nsp_whole_words_and_truncated_lines(workdi
     assert f"{stats['truncated']} of {stats['rows']} texts" in (run / "train.log").read_text()
 
 
+def test_tapt_recipe_two_steps_one_sentence_per_example_untied_decoder(workdir: Path):
+    """experiment=mlm_tiny_sst2 (the pretraining of `make compare-pretraining`), 2 steps: each SST-2 sentence is one
+    example (no 128-token blocks), and the export's MLM decoder is a matrix of its own (not the input embeddings)."""
+    from safetensors.torch import load_file
+
+    run_lm("train", "experiment=mlm_tiny_sst2", "trainer.max_epochs=1", "trainer.max_steps=2",
+           "data.limit_train_samples=256", "data.limit_val_samples=64", "model.train_tokenizer.vocab_size=1000",
+           *QUIET, cwd=workdir)
+    (run,) = run_dirs(workdir, "masked_lm")
+    assert read_json(run / "metrics.json")["global_step"] == 2
+    train = read_json(run / "run.json")["data"]["train"]
+    assert train["rows"] == 256 and train["max_tokens"] < 128  # sentences, not full blocks
+    assert read_json(run / "export" / "config.json")["tie_word_embeddings"] is False
+    weights = load_file(run / "export" / "model.safetensors")
+    decoder, embeddings = weights["cls.predictions.decoder.weight"], weights["bert.embeddings.word_embeddings.weight"]
+    assert decoder.shape == embeddings.shape == (1000, 128) and not decoder.equal(embeddings)
+
+
+def test_tapt_recipe_masks_forty_percent_of_the_tokens(tmp_path: Path, minilm_tokenizer):
+    import torch
+
+    from lmlab.tasks.masked_lm import MaskedLMTask
+
+    cfg = compose_train(["experiment=mlm_tiny_sst2"], tmp_path, check=True)
+    masker = MaskedLMTask._masker(dict(cfg.task), minilm_tokenizer)
+    masker.generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (64, 128))
+    _, labels = masker.torch_mask_tokens(ids.clone(), special_tokens_mask=torch.zeros_like(ids, dtype=torch.bool))
+    assert (labels != -100).float().mean().item() == pytest.approx(0.4, abs=0.01)
+
+
 def test_clm_recipe_fast_dev_run(workdir: Path):
     run_lm("train", *CLM_TINY, "debug=fast_dev_run", cwd=workdir)
     (run,) = run_dirs(workdir, "causal_lm")
@@ -340,29 +371,47 @@ def test_lm_task_on_a_classification_data_config_says_which_data_to_use(tmp_path
 
 @pytest.mark.slow
 def test_compare_pretraining_runs_the_chain_and_reports_both_dev_accuracies(tmp_path: Path):
-    """The `make compare-pretraining` chain, shrunk: pretrain -> export -> two fine-tunes -> summary."""
+    """The `make compare-pretraining` chain, shrunk: pretrain -> export -> a pair of fine-tunes per seed -> summary."""
     import subprocess
     import sys
 
     out = tmp_path / "compare"
     proc = subprocess.run(
         [sys.executable, "-m", "lmlab.compare_pretraining", "--out", str(out), "--recipe", "mlm_tiny_wikitext2",
+         "--train-samples", "256", "--seeds", "42,1",
          "--pretrain", *MLM_TINY[1:], "trainer.max_epochs=1", "model.from_config.hidden_size=32",
          "model.from_config.intermediate_size=64",
-         "--finetune", "data.limit_train_samples=256", "data.limit_val_samples=128", "data.limit_test_samples=128",
-         "trainer.max_epochs=1", *QUIET],
+         "--finetune", "data.limit_val_samples=128", "data.limit_test_samples=128", "trainer.max_epochs=1", *QUIET],
         cwd=tmp_path, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = read_json(out / "summary.json")
+    assert [(r["train_samples"], r["seed"]) for r in summary["runs"]] == [(256, 42), (256, 1)]
+    for run in summary["runs"]:
+        assert f"{run['random_init']:.4f}        {run['pretrained']:.4f}" in proc.stdout
+    mean = summary["by_size"]["256"]
     for arm in ("random_init", "pretrained"):
-        assert 0.0 <= summary[arm]["dev_acc"] <= 1.0
-        assert f"{summary[arm]['dev_acc']:.4f}" in proc.stdout
-    pretrained_log = (out / "pretrained" / "train.log").read_text()
-    # Both arms build the pretrained architecture (hidden 32, not the recipe's 64): every encoder weight loads.
-    assert "model.init_from=" in pretrained_log and "shape differs" not in pretrained_log
-    assert "model.init_from" not in (out / "random_init" / "train.log").read_text()
-    for arm in ("random_init", "pretrained"):
-        assert "hidden_size: 32" in (out / arm / "config_resolved.yaml").read_text()
+        assert mean[arm] == pytest.approx(sum(r[arm] for r in summary["runs"]) / 2)
+    assert mean["difference"] == pytest.approx(mean["pretrained"] - mean["random_init"])
+    assert mean["pretrained_wins"] == sum(r["pretrained"] > r["random_init"] for r in summary["runs"])
+    for seed in (42, 1):
+        pretrained_dir, random_dir = out / "pretrained" / f"n256_seed{seed}", out / "random_init" / f"n256_seed{seed}"
+        pretrained_log = (pretrained_dir / "train.log").read_text()
+        # Both arms build the pretrained architecture (hidden 32, not the recipe's 64): every encoder weight loads.
+        assert "model.init_from=" in pretrained_log and "shape differs" not in pretrained_log
+        assert "model.init_from" not in (random_dir / "train.log").read_text()
+        for run_dir in (pretrained_dir, random_dir):
+            resolved = (run_dir / "config_resolved.yaml").read_text()
+            assert "hidden_size: 32" in resolved and f"seed: {seed}" in resolved and "limit_train_samples: 256" in resolved
+    # A rerun into the same --out reuses every finished run (pretraining and pairs) instead of training again.
+    again = subprocess.run(
+        [sys.executable, "-m", "lmlab.compare_pretraining", "--out", str(out), "--recipe", "mlm_tiny_wikitext2",
+         "--train-samples", "256", "--seeds", "42", "--pretrain", *MLM_TINY[1:], "trainer.max_epochs=1",
+         "model.from_config.hidden_size=32", "model.from_config.intermediate_size=64",
+         "--finetune", "data.limit_val_samples=128", "data.limit_test_samples=128", "trainer.max_epochs=1", *QUIET],
+        cwd=tmp_path, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("reusing the finished run") == 3 and "$ lmlab train" not in again.stdout
+    assert read_json(out / "summary.json")["runs"] == summary["runs"][:1]
 
 
 def test_compare_pretraining_fine_tunes_the_architecture_that_was_pretrained(tmp_path: Path):

@@ -90,6 +90,41 @@ def test_diverging_cli_run_is_marked_failed_with_one_error(tmp_path: Path):
     assert metrics["status"] == "failed" and "TrainingError" in metrics["error"]
 
 
+def test_clipping_with_the_guards_norm_gives_exactly_lightnings_clipping(tmp_path: Path):
+    """The task module clips with the total norm the NaN guard already computed (one pass over the gradients):
+    the same weights, to the bit, as Lightning's own clipping (guard off); and clipping did act (no clip differs)."""
+    # clip at 0.01: every step's gradient norm is above it, so every step is clipped
+    clip = "trainer.gradient_clip_val=0.01"
+    runs = {"guard": [clip], "lightning": [clip, "~callbacks.non_finite"], "no_clip": ["trainer.gradient_clip_val=null"]}
+    val = {}
+    for name, extra in runs.items():
+        cwd = tmp_path / name
+        cwd.mkdir()
+        run_lmlab("train", *tiny("test=false", "export=false", *extra), cwd=cwd)
+        (run,) = run_dirs(cwd)
+        val[name] = read_json(run / "metrics.json")["val"]
+    assert val["guard"] == val["lightning"]
+    assert val["guard"]["val/loss"] != val["no_clip"]["val/loss"]
+
+
+def test_task_module_clips_with_the_norm_the_guard_left_once():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from lmlab.tasks.base import TaskModule
+
+    module = TaskModule(torch.nn.Linear(3, 1), {"model": {}})
+    module._trainer = SimpleNamespace(strategy=SingleDeviceStrategy(device=torch.device("cpu")))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)  # true total norm 2.0
+    module.guard_grad_norm = torch.tensor(100.0)  # a planted norm: the factor shows which norm clipped
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert all(torch.allclose(p.grad, torch.full_like(p, 0.01)) for p in module.parameters())
+    assert "guard_grad_norm" not in module.__dict__  # used for one step only (the CLI test covers the fallback)
+
+
 @pytest.mark.parametrize("action", ["explode"])
 def test_unknown_action_is_refused(action: str):
     with pytest.raises(ValueError, match="valid are stop, skip"):

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 ACTIONS = ("stop", "skip")
 
 
-def gradient_norm(module: torch.nn.Module) -> torch.Tensor:
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+def gradient_norm(params: Any) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
     return torch.nn.utils.get_total_norm(grads)
@@ -40,9 +40,11 @@ class NonFiniteGuard(Callback):
         self.skipped_total = 0
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        norm = gradient_norm(pl_module)
+        # The optimizer's parameters: the set Lightning clips, so the task module's clipping reuses this norm.
+        norm = gradient_norm(p for group in optimizer.param_groups for p in group["params"])
         if bool(torch.isfinite(norm)):
             self.skipped_in_a_row = 0
+            pl_module.guard_grad_norm = norm
             return
         step = trainer.global_step
         where = f"at step {step} (epoch {trainer.current_epoch})"

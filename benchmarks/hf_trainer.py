@@ -12,8 +12,9 @@ Three runs on the same machine, one after the other, each in a fresh process, on
   hf_best   transformers.Trainer with its best settings: dynamic padding (DataCollatorWithPadding) and
             train_sampling_strategy=group_by_length.
 All three: the same `--train-samples` sentences (a seeded random subset of SST-2 train), the full dev set, the
-same seed, batch 32, AdamW in torch's fused kernel (both programs' default; lr 1e-4, weight decay 0.01 without biases/LayerNorm, betas/eps as lmlab's), linear
-schedule with the same warmup steps, gradient clipping at norm 1.0, one epoch, fp32, torch's default threads.
+same seed, batch 32, AdamW in torch's fused kernel (both programs' default; lr 1e-4, weight decay 0.01 without
+biases/LayerNorm, betas/eps as lmlab's), linear schedule with the same warmup steps, gradient clipping at norm
+1.0, one epoch, fp32, torch's default threads.
 Training time excludes evaluation (lmlab: a callback stops the clock during validation; HF: minus
 eval_runtime) and tokenization; each run's whole wall time is printed too.
 """

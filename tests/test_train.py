@@ -56,7 +56,7 @@ def test_run_dir_holds_everything_needed_to_understand_the_run(trained: Path):
     with open(trained / "logs" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert max(int(r["step"]) for r in rows) >= 2 * STEPS_PER_EPOCH - 1
-    # optimizer.fused=null (the default) takes torch's fused AdamW on CPU: ~10x the default loop's speed.
+    # optimizer.fused=null (the default) takes torch's fused AdamW on CPU: ~9x the default loop's speed.
     import torch
 
     state = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")

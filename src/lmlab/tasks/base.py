@@ -55,6 +55,7 @@ def use_fused_kernel(requested: bool | None, params: list[torch.Tensor], grad_sc
     plain = all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_floating_point() for p in params)
     return (plain and bool(params) and all(p.device.type in supported for p in params)) or None
 
+
 class TaskModule(L.LightningModule):
     """Shared base of every task module. ``config`` is the plain resolved run config, stored in checkpoints."""
 

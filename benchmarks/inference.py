@@ -7,10 +7,13 @@ A MiniLM is first fine-tuned briefly with `lmlab train` (untimed; --train-sample
 checkpoints/best.ckpt and its `export/` (save_pretrained). Then, interleaved, each in a fresh process and timed
 from launch to exit (imports and model loading included in both):
   lmlab      `lmlab predict ckpt_path=.../best.ckpt input=sentences.tsv output=preds.jsonl` (length-sorted
-             batches of data.eval_batch_size=128, Lightning's predict loop under torch.inference_mode, fp32)
+             batches of data.eval_batch_size=128, Lightning's predict loop under torch.inference_mode; its default
+             precision=auto: bf16 autocast on a CPU with native bf16, near ties re-run in fp32, else fp32)
   pipeline   transformers.pipeline("text-classification", model=export/) over the same sentences, with
              batch_size=1 (the pipeline default) and batch_size=128 (batches in input order, padded per batch)
 Labels must be identical (every sentence). The speedup goal (>= 3x) is taken against the faster pipeline.
+A second lmlab arm runs `precision=32-true` (fp32 throughout), to show what the precision choice adds
+(`--lmlab-precisions auto` drops it).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-samples", type=int, default=None, help="fine-tuning sentences (default 1024; quick 64)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per program (default 2; quick 1)")
     p.add_argument("--pipeline-batch-sizes", default="1,128", help="pipeline batch_size values to time")
+    p.add_argument("--lmlab-precisions", default="auto,32-true",
+                   help="lmlab predict precision= values to time; the first is the one held to the goal")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
     p.add_argument("--pipeline-worker", nargs=4, help=argparse.SUPPRESS)  # internal: EXPORT INPUT BATCH OUT
     args = p.parse_args(argv)
@@ -75,17 +80,19 @@ def pipeline_worker(export: str, input_file: str, batch_size: str, out: str) -> 
                                      "load_s": loaded - started}))
 
 
+def newest_log(work: Path) -> list[str]:
+    logs = sorted((work / "outputs").glob("*/predictions/*/*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1].read_text().splitlines() if logs else []
+
+
 def loop_seconds(work: Path) -> float | None:
     """From the newest `lmlab predict` job log: seconds from the "data predict: ..." line (input tokenized or
     read from the cache) to "wrote N predictions" (Lightning's predict loop + writing the JSONL)."""
     import datetime as dt
     import re
 
-    logs = sorted((work / "outputs").glob("*/predictions/*/*.log"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return None
     stamps = {}
-    for line in logs[-1].read_text().splitlines():
+    for line in newest_log(work):
         m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", line)
         for key, marker in (("start", "data predict:"), ("end", "wrote ")):
             if m and marker in line:
@@ -93,10 +100,16 @@ def loop_seconds(work: Path) -> float | None:
     return (stamps["end"] - stamps["start"]).total_seconds() if len(stamps) == 2 else None
 
 
-def time_lmlab(run: Path, input_file: Path, work: Path) -> tuple[float, list[str]]:
+def precision_note(work: Path) -> str:
+    """The newest job log's line on the precision it ran in and the rows it re-ran in fp32 (none: fp32)."""
+    notes = [line.split(" - ", 1)[-1] for line in newest_log(work) if "near tie" in line or "Mixed Precision" in line]
+    return "; ".join(notes) or "fp32"
+
+
+def time_lmlab(run: Path, input_file: Path, work: Path, precision: str) -> tuple[float, list[str]]:
     out = work / "lmlab_preds.jsonl"
     cmd = c.lmlab_cmd("predict", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"input={input_file}",
-                      f"output={out}", "overwrite=true", "trainer.enable_progress_bar=false",
+                      f"output={out}", "overwrite=true", "trainer.enable_progress_bar=false", f"precision={precision}",
                       f"paths.log_dir={work / 'outputs'}", f"paths.cache_dir={work / 'cache'}")
     _, wall, _ = c.run_measured(cmd, env=c.child_env(), cwd=work)
     return wall, [json.loads(line)["label"] for line in out.read_text().splitlines()]
@@ -125,16 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         run = fine_tune(args, work)
         print(f"setup: {args.sentences} sentences; model fine-tuned on {args.train_samples} (untimed); "
               f"{args.repeats} timed run(s) per program, interleaved", flush=True)
-        walls: dict[str, list[float]] = {"lmlab": [], **{f"pipeline_b{b}": [] for b in batches}}
+        precisions = args.lmlab_precisions.split(",")
+        arms = {("lmlab" if i == 0 else f"lmlab_{p.replace('-', '_')}"): p for i, p in enumerate(precisions)}
+        walls: dict[str, list[float]] = {**{a: [] for a in arms}, **{f"pipeline_b{b}": [] for b in batches}}
         labels: dict[str, list[str]] = {}
         compute: dict[str, list[float]] = {f"pipeline_b{b}": [] for b in batches}
-        lmlab_loop: list[float] = []
+        loops: dict[str, list[float]] = {a: [] for a in arms}
+        notes: dict[str, str] = {}
         for _ in range(args.repeats):
-            wall, labels["lmlab"] = time_lmlab(run, input_file, work)
-            walls["lmlab"].append(wall)
-            loop = loop_seconds(work)
-            if loop is not None:
-                lmlab_loop.append(loop)
+            for arm, precision in arms.items():
+                wall, labels[arm] = time_lmlab(run, input_file, work, precision)
+                walls[arm].append(wall)
+                loop = loop_seconds(work)
+                if loop is not None:
+                    loops[arm].append(loop)
+                notes[arm] = precision_note(work)
             for b in batches:
                 wall, res = time_pipeline(run, input_file, work, b)
                 walls[f"pipeline_b{b}"].append(wall)
@@ -143,22 +161,29 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items()), flush=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
     n = args.sentences
-    c.result("predict_lmlab_s", f"{med['lmlab']:.1f}", f"info: {n / med['lmlab']:.0f} sentences/s, whole process")
+    fastest = min((k for k in med if k.startswith("pipeline")), key=med.get)
+    fastest_compute = min(compute, key=lambda k: statistics.median(compute[k]))
     for b in batches:
         key = f"pipeline_b{b}"
         c.result(f"predict_{key}_s", f"{med[key]:.1f}",
                  f"info: whole process; compute only {statistics.median(compute[key]):.1f} s")
-        same = sum(x == y for x, y in zip(labels["lmlab"], labels[key], strict=True))
-        c.result(f"predict_labels_identical_{key}", f"{same}/{n}", "goal: all")
-    fastest = min((k for k in med if k != "lmlab"), key=med.get)
-    if lmlab_loop:
-        loop = statistics.median(lmlab_loop)
-        fastest_compute = min(compute, key=lambda k: statistics.median(compute[k]))
-        c.result("predict_lmlab_loop_s", f"{loop:.1f}", "info: from the job log, predict loop + writing")
-        c.result("predict_loop_speedup_vs_pipeline", c.ratio(statistics.median(compute[fastest_compute]), loop),
-                 f"info: startup excluded from both; vs {fastest_compute}'s compute (its tokenization included)")
+    for arm, precision in arms.items():
+        c.result(f"predict_{arm}_s", f"{med[arm]:.1f}",
+                 f"info: precision={precision}, {n / med[arm]:.0f} sentences/s, whole process; {notes[arm]}")
+        for b in batches:
+            same = sum(x == y for x, y in zip(labels[arm], labels[f"pipeline_b{b}"], strict=True))
+            c.result(f"predict_labels_identical_{arm}_vs_pipeline_b{b}", f"{same}/{n}", "goal: all")
+        if loops[arm]:
+            loop = statistics.median(loops[arm])
+            c.result(f"predict_{arm}_loop_s", f"{loop:.1f}", "info: from the job log, predict loop + writing")
+            c.result(f"predict_{arm}_loop_speedup_vs_pipeline",
+                     c.ratio(statistics.median(compute[fastest_compute]), loop),
+                     f"info: startup excluded from both; vs {fastest_compute}'s compute (its tokenization included)")
+        if arm != "lmlab":
+            c.result(f"predict_{arm}_speedup_vs_pipeline", c.ratio(med[fastest], med[arm]),
+                     f"info: precision={precision}; against {fastest}, whole processes")
     c.result("predict_speedup_vs_pipeline", c.ratio(med[fastest], med["lmlab"]),
-             f"goal >= 3x; against the faster pipeline ({fastest}), whole processes")
+             f"goal >= 3x; precision={arms['lmlab']}, against the faster pipeline ({fastest}), whole processes")
     print(f"load average at end: {c.load_avg()}; total time {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -118,6 +118,35 @@ def test_predict_writes_one_line_per_row_in_input_order(trained: Path, tmp_path:
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_predict_under_bf16_gives_the_labels_of_fp32(trained: Path, tmp_path: Path):
+    """precision=bf16-mixed re-runs every row whose logit gap is under recheck_margin in fp32: those rows get
+    exactly fp32's output, the others bf16's (probabilities ~1e-3 off)."""
+    import math
+    import re
+
+    rows = (DATA_ROOT / "sst2" / "dev.tsv").read_text().splitlines()[1:301]
+    (tmp_path / "in.tsv").write_text("sentence\n" + "\n".join(r.split("\t")[0] for r in rows) + "\n")
+    outputs, logs = {}, {}
+    for name, overrides in (("fp32", ["precision=32-true"]), ("bf16", ["precision=bf16-mixed"]),
+                            ("bf16_only", ["precision=bf16-mixed", "recheck_margin=0"])):
+        out = tmp_path / f"{name}.jsonl"
+        proc = run_lmlab("predict", f"ckpt_path={trained}/checkpoints/best.ckpt", f"input={tmp_path}/in.tsv",
+                         f"output={out}", *overrides, cwd=tmp_path)
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+        logs[name] = proc.stdout + proc.stderr
+    fp32, bf16, bf16_only = outputs["fp32"], outputs["bf16"], outputs["bf16_only"]
+    # The 2-epoch tiny model is unsure of every sentence: all its logit gaps are below the default margin 0.1.
+    gaps = [abs(math.log(r["probs"]["1"] / r["probs"]["0"])) for r in fp32]
+    assert max(gaps) < 0.1
+    rechecked = re.search(r"precision bf16-mixed: (\d+) of 300 rows had a near tie \(logit gap < 0.1\)",
+                          logs["bf16"])
+    assert rechecked and int(rechecked.group(1)) == 300
+    assert bf16 == fp32  # labels and probabilities: every row was run again in fp32
+    moved = [abs(a["probs"][k] - b["probs"][k]) for a, b in zip(fp32, bf16_only, strict=True) for k in a["probs"]]
+    assert 0 < max(moved) < 0.02  # without the re-check, bf16 ran (the outputs moved), only by rounding
+    assert "near tie" not in logs["fp32"] and "near tie" not in logs["bf16_only"]
+
+
 def test_resume_continues_the_same_run_dir_to_epoch_two(workdir: Path):
     run_lmlab("train", *tiny(), cwd=workdir)
     (run,) = run_dirs(workdir)

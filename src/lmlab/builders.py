@@ -120,7 +120,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
 
 
 GROUP_SECTIONS = {"debug": "trainer"}  # a group whose options write into another section
-OWN_KEYS = ("ckpt_path", "split", "output", "input", "overwrite")
+OWN_KEYS = ("ckpt_path", "split", "output", "input", "overwrite", "precision", "recheck_margin")
 
 
 def config_from_checkpoint(saved: dict[str, Any], cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -185,12 +185,14 @@ def restore_task(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, Any, An
     return module, datamodule, tokenizer, run_cfg, meta
 
 
-def build_eval_trainer(run_cfg: DictConfig, output_dir: str) -> Any:
-    """A bare Trainer for scoring/prediction on the run's accelerator (no loggers, no checkpoints)."""
+def build_eval_trainer(run_cfg: DictConfig, output_dir: str, precision: Any = None) -> Any:
+    """A bare Trainer for scoring/prediction on the run's accelerator (no loggers, no checkpoints), in
+    ``precision`` (default: the run's trainer.precision)."""
     import lightning as L
 
     t = run_cfg.trainer
-    return L.Trainer(accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+    precision = t.precision if precision is None else precision
+    return L.Trainer(accelerator=t.accelerator, devices=1, precision=precision, logger=False,
                      enable_checkpointing=False, enable_progress_bar=bool(t.enable_progress_bar),
                      enable_model_summary=False, default_root_dir=output_dir,
                      limit_test_batches=t.limit_test_batches, limit_val_batches=t.limit_val_batches,

@@ -21,6 +21,9 @@ INVALID_TAGS = ("repair", "error")
 NER_METRIC_MODES = ("conlleval", "strict")
 SCHEDULERS = ("linear", "cosine", "constant")
 MONITOR_MODES = ("min", "max")
+# Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT_STR), listed here to stay import-free.
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -112,6 +115,16 @@ def _check_run(cfg: DictConfig, problems: list[str]) -> None:
     _check_positive(problems, cfg, "seed", allow_zero=True)
     if _get(cfg, "split") is not None:
         _check_choice(problems, cfg, "split", ("test", "validation"))
+    _check_precision(problems, cfg, "trainer.precision", PRECISIONS)
+    if _get(cfg, "recheck_margin") is not None:  # lmlab predict
+        _check_precision(problems, cfg, "precision", ("auto", *PRECISIONS))
+        _check_positive(problems, cfg, "recheck_margin", allow_zero=True)
+
+
+def _check_precision(problems: list[str], cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = _get(cfg, key)
+    if value is not None and str(value) not in choices:  # Lightning also takes the ints 16/32/64
+        problems.append(f"{key}={value!r} is not a valid precision. Valid: {', '.join(choices)}.")
 
 
 def _check_token_classification(cfg: DictConfig, problems: list[str]) -> None:

@@ -124,6 +124,33 @@ class TaskModule(L.LightningModule):
             check_trainable(self, checkpoint["state_dict"])
 
     # -- prediction output --------------------------------------------------------------------------
+    # Set by `lmlab predict` (its recheck_margin) when it predicts under autocast; None: no re-check.
+    recheck_margin: float | None = None
+    rechecked_rows = 0
+    rechecks_ties = False  # True where predict_step passes its logits through recheck_near_ties
+
+    def recheck_near_ties(self, batch: dict[str, torch.Tensor], logits: torch.Tensor,
+                          positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` as float32, with every row whose top two logits are closer than ``recheck_margin`` (at any
+        of ``positions``, a (batch, seq) mask; default every position) run again without autocast.
+
+        bf16 moves logits by ~1e-2 at most (MiniLM, measured), so only a near tie can change the argmax; the
+        labels then equal an fp32 run's, at the cost of the few rows rerun."""
+        logits = logits.float()
+        device = logits.device.type
+        if not self.recheck_margin or logits.shape[-1] < 2 or not torch.is_autocast_enabled(device):
+            return logits
+        top2 = logits.topk(2, dim=-1).values
+        gap = top2[..., 0] - top2[..., 1]  # (batch,) or (batch, seq)
+        if positions is not None:
+            gap = gap.masked_fill(~positions, float("inf"))
+        rows = gap.reshape(len(gap), -1).amin(dim=1) < self.recheck_margin
+        if rows.any():
+            with torch.autocast(device, enabled=False):
+                logits[rows] = self({k: v[rows] for k, v in batch.items()}).logits.float()
+            self.rechecked_rows += int(rows.sum())
+        return logits
+
     def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: DictConfig) -> list[dict]:
         """One JSON-able record per input row, in input order, from ``predict_step`` outputs.
 

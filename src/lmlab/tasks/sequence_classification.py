@@ -55,6 +55,7 @@ def positive_label(name: Any, label_names: list[str]) -> str | None:
 
 
 class SequenceClassificationTask(TaskModule):
+    rechecks_ties = True  # lmlab predict may run it under bf16 autocast (predict.yaml: precision)
     needs_tokenizer = True  # the auxiliary MLM loss (task.aux_mlm_weight) masks with the run's tokenizer
 
     @staticmethod
@@ -133,7 +134,8 @@ class SequenceClassificationTask(TaskModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         batch = {k: v for k, v in batch.items() if k != "labels"}
-        return torch.softmax(self(batch).logits.float(), dim=-1)  # (batch, num_labels)
+        logits = self.recheck_near_ties(batch, self(batch).logits)
+        return torch.softmax(logits, dim=-1)  # (batch, num_labels)
 
     def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: Any) -> list[dict]:
         """The input text(s), the predicted label name and every class probability, in input order."""

@@ -115,6 +115,7 @@ def _prf(tp: int, predicted: int, gold: int) -> dict[str, float]:
 
 
 class TokenClassificationTask(TaskModule):
+    rechecks_ties = True  # lmlab predict may run it under bf16 autocast (predict.yaml: precision)
     @staticmethod
     def build_model(model_cfg: Any, label_names: list[str], weights: bool = True, tokenizer: Any = None) -> torch.nn.Module:
         from transformers import AutoModelForTokenClassification
@@ -190,8 +191,8 @@ class TokenClassificationTask(TaskModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[list[int]]:
         """Per sentence, the predicted label id of each word that fits in max_length, in word order."""
         batch = {k: v for k, v in batch.items() if k != "labels"}
-        predicted = self(batch).logits.argmax(-1)  # (batch, seq)
         starts = batch["word_index"] >= 0
+        predicted = self.recheck_near_ties(batch, self(batch).logits, positions=starts).argmax(-1)  # (batch, seq)
         return [row[mask].tolist() for row, mask in zip(predicted, starts, strict=True)]
 
     def prediction_records(self, outputs: list[Any], order: list[int], raw: Any, data_cfg: Any) -> list[dict]:

@@ -60,9 +60,9 @@ def cpu_features() -> str:
     bf16 (AVX512-BF16/AMX) bf16 matmuls are faster than fp32, without it many times slower."""
     import torch
 
-    cpu = torch.cpu
-    bf16 = any(getattr(cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if bf16 else 'no'}"
+    from lmlab.predict import native_cpu_bf16  # the test `lmlab predict precision=auto` makes
+
+    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_cpu_bf16() else 'no'}"
 
 
 def load_avg() -> str:

@@ -39,11 +39,12 @@ def predict(cfg: DictConfig) -> Path:
         module.recheck_margin = float(cfg.recheck_margin)
     trainer = build_eval_trainer(run_cfg, str(cfg.paths.output_dir), precision)
     outputs = trainer.predict(module, dataloaders=datamodule.predict_dataloader())  # batches, loader order
+    order = datamodule.eval_order("predict")
     if module.recheck_margin:
         log.info("precision %s: %d of %d rows had a near tie (logit gap < %g) and were run again in fp32",
-                 precision, module.rechecked_rows, len(datamodule.eval_order("predict")), module.recheck_margin)
+                 precision, module.rechecked_rows, len(order), module.recheck_margin)
     raw, _ = load_split(data_cfg, "predict", None)
-    records = module.prediction_records(outputs, datamodule.eval_order("predict"), raw, data_cfg)
+    records = module.prediction_records(outputs, order, raw, data_cfg)
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     log.info("wrote %d predictions to %s", len(records), output)
     return output
@@ -53,7 +54,7 @@ FP32 = ("32-true", "32", 32)
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls ran 2.5x faster than
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls ran 2.0-2.5x faster than
     fp32 (AMD EPYC with avx512_bf16, measured); without it oneDNN emulates bf16 and it is many times slower."""
     import torch
 
@@ -75,7 +76,8 @@ def predict_precision(cfg: DictConfig, run_cfg: DictConfig, module: Any) -> Any:
     run_precision = run_cfg.trainer.precision
     if str(cfg.precision) != "auto":
         return cfg.precision
-    if run_precision in FP32 and module.rechecks_ties and on_cpu(str(run_cfg.trainer.accelerator)) and native_cpu_bf16():
+    cpu = on_cpu(str(run_cfg.trainer.accelerator))
+    if run_precision in FP32 and module.rechecks_ties and cpu and native_cpu_bf16():
         return "bf16-mixed"
     return run_precision
 

@@ -116,6 +116,7 @@ def _prf(tp: int, predicted: int, gold: int) -> dict[str, float]:
 
 class TokenClassificationTask(TaskModule):
     rechecks_ties = True  # lmlab predict may run it under bf16 autocast (predict.yaml: precision)
+
     @staticmethod
     def build_model(model_cfg: Any, label_names: list[str], weights: bool = True, tokenizer: Any = None) -> torch.nn.Module:
         from transformers import AutoModelForTokenClassification

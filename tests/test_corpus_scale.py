@@ -125,6 +125,43 @@ def test_second_prepare_is_a_cache_hit_and_leaves_no_work_files(tmp_path: Path):
     assert len(leftovers) == 2 and not [n for n in leftovers if ".work-" in n or ".tmp-" in n], leftovers
 
 
+def test_the_cache_keeps_the_blocks_file_the_build_wrote_without_a_copy(tmp_path: Path):
+    dm, _ = masked_lm_datamodule(data_cfg(tmp_path, str(WIKI), max_length=128, num_proc=2))
+    dm.prepare_data()
+    (cache,) = [p for p in (tmp_path / "cache" / "tokenized" / "masked_lm").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in cache.iterdir()) == ["blocks.arrow", "lmlab_meta.json"]
+    store = json.loads((cache / "lmlab_meta.json").read_text())["store"]
+    assert store == {"files": ["blocks.arrow"], "columns": dm.datasets["train"].column_names}
+    assert "untruncated_length" not in store["columns"] and "length" in store["columns"]
+    assert [f["filename"] for f in dm.datasets["train"].cache_files] == [str(cache / "blocks.arrow")]
+
+
+def test_stored_splits_load_back_row_for_row_from_any_kind_of_dataset(tmp_path: Path):
+    import datasets
+
+    from lmlab.data.base import load_stored, store_split
+
+    rows = {"input_ids": [[1, 2], [3], [4, 5, 6], [7]], "length": [2, 1, 3, 1]}
+    in_memory = datasets.Dataset.from_dict(rows)
+    work = tmp_path / "work"
+    work.mkdir()
+    shards = [in_memory.select(range(i, i + 2)).flatten_indices(cache_file_name=str(work / f"part{i}.arrow"))
+              for i in (0, 2)]
+    mapped = datasets.concatenate_datasets(shards).remove_columns(["length"])
+    view = in_memory.select([3, 0, 2])  # an index mapping over the rows
+    cases = [(in_memory, ["data.arrow"], rows["input_ids"]), (view, ["data.arrow"], [[7], [1, 2], [4, 5, 6]]),
+             (mapped, ["part0.arrow", "part2.arrow"], rows["input_ids"])]
+    for i, (dataset, files, expected) in enumerate(cases):
+        directory = tmp_path / f"store{i}"
+        directory.mkdir()
+        store = store_split(dataset, work, directory)
+        assert store["files"] == files
+        loaded = load_stored(directory, store)
+        assert loaded["input_ids"][:] == expected and loaded.column_names == dataset.column_names
+        assert loaded.cache_files  # memory-mapped
+    assert not list(work.iterdir())  # the shards were moved, not copied
+
+
 def test_num_proc_auto_uses_the_cores_only_for_large_splits(tmp_path: Path):
     from lmlab.data import language_modeling as lm
 

@@ -30,7 +30,7 @@ from lmlab.data.sampling import LengthGroupedSampler, PadCollator, ResumableData
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the cached layout or encoding logic changes
+CACHE_FORMAT = 3  # bump when the cached layout or encoding logic changes (3: the build's Arrow files, moved)
 HASH_FULL_FILE_BYTES = 64 * 1024 * 1024
 SPLITS = ("train", "validation", "test")  # plus "predict", set up by `lmlab predict`
 
@@ -61,6 +61,35 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def numbers(ds: Any, name: str) -> np.ndarray:
     """A numeric column as one numpy array (a corpus's millions of lengths, not a Python list)."""
     return np.asarray(ds.with_format("numpy")[name][:])
+
+
+def store_split(encoded: Any, work: Path, directory: Path) -> dict[str, Any]:
+    """Keep ``encoded``'s rows as Arrow files in ``directory``; returns how to load them (``load_stored``).
+
+    The Arrow files a build wrote into its ``work`` directory (the tokenizing map's shards, the blocks) are
+    moved there: a rename, where ``save_to_disk`` would copy them (4 GB of blocks for a 1 GB corpus, and twice the
+    disk while both copies exist). A dataset held in memory or seen through an index mapping is written once."""
+    files = [Path(f["filename"]) for f in encoded.cache_files]
+    if files and encoded._indices is None and all(f.parent == work for f in files):
+        for f in files:
+            os.replace(f, directory / f.name)  # the open memory map keeps reading the same inode
+        return {"files": [f.name for f in files], "columns": encoded.column_names}
+    from datasets.arrow_writer import ArrowWriter
+
+    writer = ArrowWriter(path=str(directory / "data.arrow"), features=encoded.features)
+    for table in encoded.with_format("arrow").iter(batch_size=10_000):
+        writer.write_table(table)
+    writer.finalize()
+    return {"files": ["data.arrow"], "columns": encoded.column_names}
+
+
+def load_stored(directory: Path, store: dict[str, Any]) -> Any:
+    """The memory-mapped dataset ``store_split`` kept in ``directory`` (rows in file order)."""
+    import datasets
+
+    parts = [datasets.Dataset.from_file(str(directory / name)) for name in store["files"]]
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return dataset.select_columns(store["columns"])
 
 
 class TextDataModule(L.LightningDataModule):
@@ -250,15 +279,14 @@ class TextDataModule(L.LightningDataModule):
         return str(Path(str(self.cfg.cache_dir)).parent / "hf_datasets")
 
     def _load_or_build(self, split: str) -> None:
-        import datasets
-
         if split in self.datasets:
             return
         path = self._cache_path(split)
         meta_file = path / "lmlab_meta.json"
         if self.cfg.use_cache and meta_file.is_file():
-            self.datasets[split] = datasets.load_from_disk(str(path))
-            self.stats[split] = json.loads(meta_file.read_text())
+            stats = json.loads(meta_file.read_text())
+            self.datasets[split] = load_stored(path, stats.pop("store"))
+            self.stats[split] = stats
             self.cache_hits[split] = True
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,11 +302,12 @@ class TextDataModule(L.LightningDataModule):
                 if self.cfg.use_cache:
                     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
                     shutil.rmtree(tmp, ignore_errors=True)
-                    encoded.save_to_disk(str(tmp))
-                    (tmp / "lmlab_meta.json").write_text(json.dumps(stats, indent=1))
+                    tmp.mkdir()
+                    store = store_split(encoded, work, tmp)
+                    (tmp / "lmlab_meta.json").write_text(json.dumps({**stats, "store": store}, indent=1))
                     shutil.rmtree(path, ignore_errors=True)
                     os.replace(tmp, path)
-                    encoded = datasets.load_from_disk(str(path))  # memory-mapped, not held in RAM
+                    encoded = load_stored(path, store)  # memory-mapped, not held in RAM
             finally:
                 if work is not None:
                     shutil.rmtree(work, ignore_errors=True)

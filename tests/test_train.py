@@ -255,3 +255,57 @@ def test_a_previous_runs_export_is_a_model_for_the_next_run(trained: Path, workd
     assert f"name_or_path: {trained}/export" in (run / "config_resolved.yaml").read_text()
     # The export holds the classifier head too: transformers' load report lists no MISSING weights.
     assert "MISSING" not in proc.stdout + proc.stderr
+
+
+def loss_trace(path: str):
+    """Test-only callback (made by Hydra inside the lmlab process): every step's loss, and the steps at which the
+    task module called self.log("train/loss", ...); written at fit end."""
+    import lightning as L
+
+    class Trace(L.Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.logged_at: list[int] = []
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            log = pl_module.log
+
+            def counting_log(name, *args, **kwargs):
+                if name == "train/loss":
+                    self.logged_at.append(len(self.losses))
+                return log(name, *args, **kwargs)
+
+            pl_module.log = counting_log
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.losses.append(float(outputs["loss"]))
+
+        def on_fit_end(self, trainer, pl_module) -> None:
+            Path(path).write_text(json.dumps({"losses": self.losses, "logged_at": self.logged_at}))
+
+    return Trace()
+
+
+def test_train_loss_is_logged_on_the_logging_steps_and_the_last_one(workdir: Path):
+    """self.log costs ~1 ms a call, so per-step training values are logged only where the loggers write
+    (every trainer.log_every_n_steps) and on the epoch's last batch: self.log("train/loss") runs at steps 3, 6
+    and 8 (0-based 2, 5, 7) of 8, the CSV holds the losses of steps 3 and 6, metrics.json the loss of step 8,
+    and train/acc stays the epoch's accuracy."""
+    trace = workdir / "losses.json"
+    run_lmlab("train", *tiny("trainer.log_every_n_steps=3", "+callbacks.trace._target_=tests.test_train.loss_trace",
+                             f"+callbacks.trace.path={trace}", "test=false"),
+              cwd=workdir, env=cli_env(PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    traced = json.loads(trace.read_text())
+    losses = traced["losses"]
+    assert len(losses) == 8  # 128 samples, batch 16
+    assert traced["logged_at"] == [2, 5, 7]
+    (run,) = run_dirs(workdir)
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        logged = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert sorted(logged) == [2, 5]
+    for step, value in logged.items():
+        assert value == pytest.approx(losses[step], abs=1e-6)
+    train = read_json(run / "metrics.json")["train"]
+    assert train["loss"] == pytest.approx(losses[-1], abs=1e-6)
+    assert train["loss"] != pytest.approx(losses[5], abs=1e-6)
+    assert 0.0 < train["acc"] <= 1.0

@@ -161,3 +161,33 @@ class TaskModule(L.LightningModule):
 
     def log_metrics(self, metrics: dict[str, torch.Tensor], **kwargs: Any) -> None:
         self.log_dict(metrics, sync_dist=True, **kwargs)
+
+    # -- per-step training values -------------------------------------------------------------------
+    def is_logging_step(self) -> bool:
+        """Whether Lightning's loggers write this training step: every ``trainer.log_every_n_steps`` optimizer
+        steps, an epoch's last batch (so the run's final ``train/*`` values are the last step's) and
+        ``fast_dev_run``. Outside a Trainer: always."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        # The check Lightning's own LearningRateMonitor and ThroughputMonitor make before logging.
+        return bool(trainer._logger_connector.should_update_logs or trainer.is_last_batch or trainer.fast_dev_run)
+
+    def log_train_step(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
+        """``self.log`` of per-step training values (loss, ...) on logging steps only (``is_logging_step``).
+
+        Lightning's ``self.log`` costs ~1 ms per call on CPU (measured: MLM on a 2-layer BERT, 2.4 -> 1.4 ms of
+        framework time per ~90 ms step without it), and values logged between two logger writes are never
+        written. The progress bar and ``callback_metrics`` keep the last logged value in between."""
+        if self.is_logging_step():
+            for name, value in values.items():
+                self.log(name, value, **kwargs)
+
+    def log_and_reset(self, name: str, metric: Any, **kwargs: Any) -> None:
+        """Log a torchmetrics metric's value over the epoch (synced across ranks by ``compute``) and reset it.
+
+        For metrics updated with ``metric.update`` every step: ``self.log(name, metric)`` in a step would run the
+        metric's forward (a per-batch value too) and Lightning's logging each step (~1 ms each on CPU)."""
+        if metric.update_count:
+            self.log(name, metric.compute(), **kwargs)
+            metric.reset()

@@ -40,8 +40,12 @@ class LanguageModelingTask(TaskModule):
         loss, lm_loss, tokens = self.lm_step(batch, stage)
         if tokens > 0:  # a batch without predicted tokens (no mask drawn) has a NaN loss and no weight
             self.token_loss[f"{stage}_loss"].update(lm_loss.detach(), tokens.float())
-        self.log(f"{stage}/loss", lm_loss, on_step=stage == "train", on_epoch=stage != "train",
-                 prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=stage != "train")
+        rows = len(batch["input_ids"])
+        if stage == "train":
+            self.log_train_step({"train/loss": lm_loss}, prog_bar=True, batch_size=rows)
+        else:
+            self.log(f"{stage}/loss", lm_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=rows,
+                     sync_dist=True)
         return loss
 
     def _log_perplexity(self, stage: str) -> None:

@@ -135,9 +135,7 @@ class MaskedLMTask(LanguageModelingTask):
         if self.nsp:
             metrics.append(("nsp_acc", self.nsp_acc[f"{stage}_acc"]))
         for name, metric in metrics:
-            if metric.update_count:
-                self.log(f"{stage}/{name}", metric.compute(), prog_bar=stage == "val")
-                metric.reset()
+            self.log_and_reset(f"{stage}/{name}", metric, prog_bar=stage == "val")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

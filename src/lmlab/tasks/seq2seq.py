@@ -96,7 +96,7 @@ class Seq2SeqTask(TaskModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss  # mean cross-entropy over target tokens (labels -100 ignored)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log_train_step({"train/loss": loss}, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def _eval_step(self, batch: dict[str, Any], prefix: str, metrics: MetricCollection) -> None:

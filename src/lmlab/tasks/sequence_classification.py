@@ -97,10 +97,12 @@ class SequenceClassificationTask(TaskModule):
             out, loss = self.adversarial.training_loss(self, lambda: self(batch), rows)
         if self.aux_mlm is not None:  # + λ·L_mlm (logs train/loss_task, train/loss_mlm)
             loss = self.aux_mlm.training_loss(self, batch, batch_idx, loss, rows)
-        self.train_acc(out.logits.argmax(-1), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=rows)
+        self.train_acc.update(out.logits.argmax(-1), batch["labels"])
+        self.log_train_step({"train/loss": loss}, prog_bar=True, batch_size=rows)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_and_reset("train/acc", self.train_acc)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str, metrics: MetricCollection) -> None:
         out = self(batch)

@@ -151,10 +151,12 @@ class TokenClassificationTask(TaskModule):
             loss = out.loss
         else:  # clean + adversarial loss (logs train/loss_clean, train/loss_adv)
             out, loss = self.adversarial.training_loss(self, lambda: self(batch), rows)
-        self.train_acc(out.logits.argmax(-1), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=rows)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=rows)
+        self.train_acc.update(out.logits.argmax(-1), batch["labels"])
+        self.log_train_step({"train/loss": loss}, prog_bar=True, batch_size=rows)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_and_reset("train/acc", self.train_acc)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], prefix: str, metrics: EntityScores) -> None:
         out = self(batch)

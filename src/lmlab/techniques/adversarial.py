@@ -105,6 +105,5 @@ class Adversarial:
         """(clean output, clean + loss_weight * adversarial loss) for a task's training_step; logs
         ``train/loss_clean`` and ``train/loss_adv``."""
         out, clean, adv = self.losses(module.model, forward)
-        module.log("train/loss_clean", clean, batch_size=rows)
-        module.log("train/loss_adv", adv, batch_size=rows)
+        module.log_train_step({"train/loss_clean": clean, "train/loss_adv": adv}, batch_size=rows)
         return out, clean + self.loss_weight * adv

@@ -98,8 +98,7 @@ class AuxMLM(torch.nn.Module):
                       rows: int) -> torch.Tensor:
         """task_loss + λ·L_mlm for a task's training_step; logs ``train/loss_task`` and ``train/loss_mlm``."""
         mlm_loss = self(batch, module.current_epoch, batch_idx)
-        module.log("train/loss_task", task_loss, batch_size=rows)
-        module.log("train/loss_mlm", mlm_loss, batch_size=rows)
+        module.log_train_step({"train/loss_task": task_loss, "train/loss_mlm": mlm_loss}, batch_size=rows)
         return task_loss + self.weight * mlm_loss
 
 

@@ -106,7 +106,7 @@ class TreeMemory(c.PeakRSS):
     """PeakRSS plus ``peak_private``: the largest tree sum of private_bytes; the kill guard uses that."""
 
     def __init__(self, pid: int, interval: float = 0.05, kill_above: int | None = None):
-        super().__init__(pid, interval, kill_above=None)
+        super().__init__(pid, interval, kill_above=None)  # at most 2 % of a core: see PeakRSS
         self.private_limit = kill_above
         self.peak_private = 0
 
@@ -171,7 +171,7 @@ def measure_prepare(corpus_dir: Path, cache_dir: Path, kill: int) -> dict[str, A
     cmd = [sys.executable, __file__, "--worker", str(corpus_dir), str(cache_dir)]
     proc, wall, rss = run_measured(cmd, kill=kill)
     out: dict[str, Any] = {"wall_s": wall, "peak_rss": rss.peak, "peak_private": rss.peak_private,
-                           "cpu_s": rss.cpu_s, "killed": rss.killed}
+                           "cpu_s": rss.cpu_s, "killed": rss.killed, "sampler_cpu_s": rss.sampler_cpu_s}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 and not rss.killed:
         raise RuntimeError(f"corpus worker exited {proc.returncode}\n{proc.stderr[-4000:]}")
@@ -219,6 +219,8 @@ def one_size(args: argparse.Namespace, size_mb: int, root: Path) -> None:
              "goal ~2 (CPU s / wall s of prepare_data, its worker processes included)")
     c.result(f"{tag}_preprocess_cores_used_whole_process", f"{first['cpu_s'] / first['wall_s']:.2f}",
              "info: CPU s / wall s of the whole process tree, imports included")
+    c.result(f"{tag}_memory_sampler_cores", f"{first['sampler_cpu_s'] / first['wall_s']:.3f}",
+             "info: what sampling the tree's memory took, on the same cores (capped at 0.02)")
     second = measure_prepare(corpus_dir, cache_dir, kill)
     c.result(f"{tag}_cache_hit_s", f"{second['prepare_s']:.2f}", f"goal <= 2; cache hit: {second.get('cache_hit')}")
     train = measure_training(corpus_dir, cache_dir, args.train_steps, kill)

@@ -7,8 +7,8 @@
 1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
    tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
    epoch are collated once into a list, and the SAME list is fed to (A) ``trainer.fit`` with the lmlab-built
-   Trainer and (B) a plain PyTorch loop (forward, backward, clip_grad_norm_, optimizer.step, scheduler.step,
-   zero_grad) on a copy of the model with the same initial weights, the same AdamW parameter groups and the
+   Trainer and (B) a plain PyTorch loop (zero_grad, forward, backward, clip_grad_norm_, optimizer.step,
+   scheduler.step) on a copy of the model with the same initial weights, the same AdamW parameter groups and the
    same warmup/decay schedule (both come from the task module's ``configure_optimizers``). Data loading and
    collation are therefore excluded from both. Both are warmed up, then measured in rounds: each round is one
    ``trainer.fit`` epoch in which every Lightning step is paired with a plain-loop step on the same batch, run by
@@ -216,10 +216,11 @@ def same_samples(a: list[dict], b: list[dict]) -> bool:
 # -- the two training paths; each returns the duration of every step --------------------------------------
 
 class Round:
-    """One measured epoch: per-step durations (s), batch sizes, and the wall time of the whole call."""
+    """One measured epoch: per-step durations (s), batch sizes, the wall time of the whole call and, where
+    measured, each step's minor page faults (memory the allocator had to fault in afresh)."""
 
-    def __init__(self, steps: list[float], sizes: list[int], wall: float):
-        self.steps, self.sizes, self.wall = steps, sizes, wall
+    def __init__(self, steps: list[float], sizes: list[int], wall: float, faults: list[int] | None = None):
+        self.steps, self.sizes, self.wall, self.faults = steps, sizes, wall, faults
 
     def rate(self, skip: int) -> float:
         return sum(self.sizes[skip:]) / sum(self.steps[skip:])
@@ -320,13 +321,15 @@ class PlainLoop:
         outer = torch.get_rng_state()
         torch.set_rng_state(self.rng)
         t0 = time.perf_counter()
+        # zero_grad first, as Lightning's automatic optimization does: each path's gradients then live from its
+        # backward to its next step, so neither runs its step beside the other's gradients more than the other.
+        self.optimizer.zero_grad(set_to_none=True)
         loss = plain_loss(self.wrapper, dict(batch))
         loss.backward()
         if self.clip is not None:
             self.clip_fn(self.params, self.clip)
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         took = time.perf_counter() - t0
         self.rng = torch.get_rng_state()
         torch.set_rng_state(outer)
@@ -366,14 +369,18 @@ def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_
             self.marks: list[float] = []
             self.plain: list[float] = []  # each plain step's own duration
             self.calls: list[float] = []  # the whole call (RNG swaps included), taken out of Lightning's step
+            self.mark_faults: list[int] = []
+            self.plain_faults: list[int] = []
 
         def run_plain(self, batch_idx: int) -> None:
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             self.plain.append(loop.step(batches[batch_idx]))
             self.calls.append(time.perf_counter() - t0)
+            self.plain_faults.append(minor_faults() - f0)
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.marks.append(time.perf_counter())
+            self.mark_faults.append(minor_faults())
             if batch_idx % 2 == parity:
                 self.run_plain(batch_idx)
 
@@ -383,6 +390,7 @@ def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             self.marks.append(time.perf_counter())
+            self.mark_faults.append(minor_faults())
 
     paired = Paired()
     trainer = build_trainer(cfg, [*build_callbacks(cfg), paired], [])
@@ -395,7 +403,17 @@ def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_
         raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
     sizes = [len(b["input_ids"]) for b in batches]
     light = [b - a - c for (a, b), c in zip(pairwise(marks), calls, strict=True)]
-    return Round(light, sizes, wall - sum(calls)), Round(plain, sizes, plain_setup + sum(plain))
+    plain_faults = paired.plain_faults
+    light_faults = [b - a - f for (a, b), f in zip(pairwise(paired.mark_faults), plain_faults, strict=True)]
+    return (Round(light, sizes, wall - sum(calls), light_faults),
+            Round(plain, sizes, plain_setup + sum(plain), plain_faults))
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (Linux; 0 where getrusage does not count them)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median_rate(rounds: list[Round], skip: int) -> float:
@@ -481,6 +499,10 @@ def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any,
            f"info: median over rounds; a plain step takes {step_ms:.1f} ms")
     result(tag + "lightning_overhead_pct_whole_fit", f"{(plain_wall / light_wall - 1) * 100:.1f}",
            f"info: all {n} steps, incl. trainer.fit setup/teardown vs the loop incl. optimizer setup")
+    faults = {name: statistics.median(sum(r.faults[skip:]) / (n - skip) for r in rounds)
+              for name, rounds in runs.items()}
+    result(tag + "page_faults_per_step", f"lightning {faults['lightning']:.0f}, plain {faults['plain']:.0f}",
+           "info: minor page faults, median over rounds (memory faulted in afresh: slower kernels)")
     result(tag + "weights_max_abs_diff_after_round1", f"{weight_diff:.2e}",
            "info: lightning vs plain model after the same training; 0 = identical computation")
 

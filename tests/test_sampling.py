@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from lmlab.data.sampling import LengthGroupedSampler, PadCollator, by_length
@@ -29,6 +30,42 @@ def test_every_index_exactly_once_per_epoch():
     for epoch in range(3):
         sampler.set_epoch(epoch)
         assert sorted(sampler) == list(range(1003))
+
+
+def test_the_epoch_order_is_held_as_int64_not_python_ints():
+    """2.3M blocks of a 1 GB corpus: 18 MB as int64 against ~82 MB as a list of ints (per copy)."""
+    lengths = [128] * 200_003
+    for group in (True, False):
+        sampler = LengthGroupedSampler(lengths, 32, seed=3, group=group)
+        order = sampler.order()
+        assert isinstance(order, torch.Tensor) and order.dtype == torch.int64 and len(order) == 200_003
+        assert list(sampler) == order.tolist()
+        sampler.resume_at = (0, 100_000)  # a resumed epoch starts at index 100,000 of the same order
+        assert list(sampler) == order[100_000:].tolist()
+
+
+def _reference_order(lengths: list[int], batch_size: int, seed: int, epoch: int, mega: int = 50) -> list[int]:
+    """The grouping as its docstring states it, batch by batch in Python (what the sampler did up to 2026-12)."""
+    g = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    perm = torch.randperm(len(lengths), generator=g)
+    lengths_t = torch.as_tensor(lengths)
+    batches = []
+    for start in range(0, len(perm), mega * batch_size):
+        chunk = perm[start : start + mega * batch_size]
+        batches.extend(chunk[torch.argsort(lengths_t[chunk], descending=True, stable=True)].split(batch_size))
+    full = [b for b in batches if len(b) == batch_size]
+    rest = [b for b in batches if len(b) != batch_size]
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    return torch.cat(shuffled + rest).tolist() if batches else []
+
+
+@pytest.mark.parametrize("n", [0, 5, 32, 1600, 3203, 10_000])
+def test_grouped_order_equals_the_batch_by_batch_definition(n: int):
+    lengths = _lengths(n) if n else []
+    for epoch in (0, 1):
+        sampler = LengthGroupedSampler(lengths, 32, seed=7)
+        sampler.set_epoch(epoch)
+        assert list(sampler) == _reference_order(lengths, 32, seed=7, epoch=epoch)
 
 
 def test_order_depends_only_on_seed_and_epoch():

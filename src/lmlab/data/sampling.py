@@ -34,22 +34,28 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def order(self) -> list[int]:
+    def order(self) -> torch.Tensor:
+        """This epoch's indices as one int64 tensor: 8 bytes an index, where a list of Python ints takes ~36
+        (82 MB for the 2.3M blocks of a 1 GB corpus, more than once while building it)."""
         g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
         perm = torch.randperm(len(self.lengths), generator=g)
         if not self.group:
-            return perm.tolist()
+            return perm
+        # Within each mega-batch of the permutation, longest first (ties keep their shuffled order), written into
+        # one preallocated tensor: a corpus of millions of blocks costs a few int64 copies, no object per batch.
         step = self.mega * self.batch_size
-        batches: list[torch.Tensor] = []
+        ordered = torch.empty_like(perm)
         for start in range(0, len(perm), step):
             chunk = perm[start : start + step]
-            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
-            batches.extend(chunk.split(self.batch_size))
+            ordered[start : start + step] = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+        del perm
         # Full batches in random order; a short remainder batch (if any) goes last.
-        full = [b for b in batches if len(b) == self.batch_size]
-        rest = [b for b in batches if len(b) != self.batch_size]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
-        return torch.cat(shuffled + rest).tolist() if batches else []
+        n_full = len(ordered) // self.batch_size
+        out = torch.empty_like(ordered)
+        torch.index_select(ordered[: n_full * self.batch_size].view(n_full, self.batch_size), 0,
+                           torch.randperm(n_full, generator=g), out=out[: n_full * self.batch_size].view(n_full, self.batch_size))
+        out[n_full * self.batch_size :] = ordered[n_full * self.batch_size :]
+        return out
 
     def __iter__(self) -> Iterator[int]:
         order = self.order()
@@ -58,7 +64,8 @@ class LengthGroupedSampler(Sampler[int]):
             self.resume_at = None  # only the first pass after a resume is cut short
             if epoch == self.epoch:
                 order = order[start:]
-        return iter(order)
+        for chunk in order.split(65_536):  # Python ints for a slice at a time, not the whole epoch
+            yield from chunk.tolist()
 
 
 class ResumableDataLoader(DataLoader):

@@ -27,7 +27,7 @@ test-all: test test-slow
 lint:
 	ruff check src tests benchmarks
 
-# Every benchmark side by side, `name: value (goal)` lines (~30 min on a quiet 2-core machine; BENCHMARKS.md).
+# Every benchmark side by side, `name: value (goal)` lines (~55 min on a quiet 2-core machine; BENCHMARKS.md).
 bench:
 	$(PYTHON) benchmarks/run_all.py
 

@@ -1,6 +1,6 @@
 """Run every lmlab benchmark, one after the other, and print each figure as a `name: value (goal)` line.
 
-    python benchmarks/run_all.py                  # full mode: ~30 min on a quiet 2-core machine (make bench)
+    python benchmarks/run_all.py                  # full mode: ~55 min on a quiet 2-core machine (make bench)
     python benchmarks/run_all.py --quick          # smoke run of every script (make bench-quick)
     python benchmarks/run_all.py --only mfu,startup --log bench.log
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import _common as c
 
-# (name, script, full-mode arguments): the full-mode sizes are chosen for ~30 min in all on 2 quiet cores.
+# (name, script, full-mode arguments): the full-mode sizes are chosen for ~55 min in all on 2 quiet cores.
 BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("startup", "startup.py", ["--repeats", "3"]),
     ("overhead", "overhead.py", []),

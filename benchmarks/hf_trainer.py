@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -228,7 +229,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> None:
         trail = ", ".join(f"step {e['step']}: {e['acc']:.4f} @ {e['train_s']:.1f}s" for e in run["evals"])
         print(f"  {name}: train {run['train_s']:.1f} s, process wall {run['wall_s']:.1f} s; dev acc {trail}")
     for name, run in runs.items():
-        c.result(f"sst2_{name}_final_dev_acc", f"{run['evals'][-1]['acc']:.4f}", "info")
+        c.result(f"sst2_{name}_final_dev_acc", f"{final_acc(run):.4f}", "info")
         c.result(f"sst2_{name}_train_s", f"{run['train_s']:.1f}", "info: 1 epoch, evaluation excluded")
     if "lmlab" not in runs:
         return
@@ -244,7 +245,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> None:
             value = c.ratio(b, a) if a is not None and b is not None else "n/a"
             c.result(f"time_to_acc_{t:.2f}_{other}_vs_lmlab", value,
                      f"info: lmlab {a if a is None else round(a, 1)} s, {other} {b if b is None else round(b, 1)} s")
-        acc_delta = lm["evals"][-1]["acc"] - hf["evals"][-1]["acc"]
+        acc_delta = final_acc(lm) - final_acc(hf)
         # The accuracy both runs reach by the end, whatever the fixed thresholds: the lower final accuracy.
         common = min(max(e["acc"] for e in lm["evals"]), max(e["acc"] for e in hf["evals"]))
         a, b = time_to(lm["evals"], common), time_to(hf["evals"], common)
@@ -259,6 +260,10 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> None:
         c.result(f"time_to_accuracy_speedup_vs_{other}", head,
                  f"{note}; final acc lmlab - {other} = {acc_delta * 100:+.2f} points")
         c.result(f"train_time_speedup_vs_{other}", c.ratio(hf["train_s"], lm["train_s"]), "info: whole epoch")
+
+
+def run_variant(args: argparse.Namespace, variant: str, train: Path, dev: Path, work: Path) -> dict[str, Any]:
+    return run_lmlab(args, train, dev, work) if variant == "lmlab" else run_hf(args, variant, train, dev, work)
 
 
 def median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,15 +285,15 @@ def accuracy_over_seeds(args: argparse.Namespace, runs: dict[str, dict[str, Any]
         folder = work / f"seed{seed}"
         folder.mkdir()
         train, dev = write_subsets(seeded, folder)
-        lm = run_lmlab(seeded, train, dev, folder)
-        hf = run_hf(seeded, "hf_glue", train, dev, folder)
+        lm = run_variant(seeded, "lmlab", train, dev, folder)
+        hf = run_variant(seeded, "hf_glue", train, dev, folder)
         for name, run in (("lmlab", lm), ("hf_glue", hf)):
             c.result(f"sst2_{name}_final_dev_acc_seed{seed}", f"{final_acc(run):.4f}",
                      f"info: train {run['train_s']:.1f} s")
         diffs.append(final_acc(lm) - final_acc(hf))
     seeds = [args.seed, *args.accuracy_seeds]
-    mean = sum(diffs) / len(diffs)
-    spread = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 / len(diffs) ** 0.5
+    mean = statistics.fmean(diffs)
+    spread = statistics.stdev(diffs) / len(diffs) ** 0.5
     per_seed = ", ".join(f"seed {s}: {d * 100:+.2f}" for s, d in zip(seeds, diffs, strict=True))
     dev_rows = len(dev.read_text(encoding="utf-8").splitlines()) - 1  # the same dev sentences for every seed
     c.result("final_acc_lmlab_minus_hf_glue_mean_points", f"{mean * 100:+.2f}",
@@ -319,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in variants if rep % 2 == 0 else variants[::-1]:
                 if rep > 0 and variant == "hf_glue":
                     continue  # ~5 min a run and ~8x slower than lmlab: once is enough
-                run = run_lmlab(args, train, dev, work) if variant == "lmlab" else run_hf(
-                    args, variant, train, dev, work)
+                run = run_variant(args, variant, train, dev, work)
                 repeated[variant].append(run)
                 print(f"  {variant} run {len(repeated[variant])} done: train {run['train_s']:.1f} s", flush=True)
         runs = {v: median_run(repeated[v]) for v in variants}

@@ -226,46 +226,6 @@ class Round:
         return sum(self.sizes[skip:]) / sum(self.steps[skip:])
 
 
-def step_timer() -> Any:
-    """A callback noting when each training batch starts, and when the epoch ends."""
-    from lightning.pytorch.callbacks import Callback
-
-    class StepTimer(Callback):
-        def __init__(self) -> None:
-            self.marks: list[float] = []
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            self.marks.append(time.perf_counter())
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self.marks.append(time.perf_counter())
-
-    return StepTimer()
-
-
-def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int) -> Round:
-    """``trainer.fit`` with a freshly built lmlab Trainer (build_trainer, the config's callbacks + a timer).
-
-    A step lasts from one on_train_batch_start to the next (the last one: to on_train_epoch_end), so
-    everything Lightning does between batches is counted.
-    """
-    import torch
-
-    from lmlab.builders import build_callbacks, build_trainer
-
-    module.model.load_state_dict(init_state)
-    timer = step_timer()
-    trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], [])
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=BatchList(batches))
-    wall = time.perf_counter() - t0
-    marks = timer.marks
-    if trainer.global_step != len(batches) or len(marks) != len(batches) + 1:
-        raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
-    return Round([b - a for a, b in pairwise(marks)], [len(b["input_ids"]) for b in batches], wall)
-
-
 def plain_loss(wrapper: Any, batch: dict) -> Any:
     """The task's training loss without Lightning (what its training_step computes, minus logging)."""
     import torch
@@ -344,43 +304,37 @@ def plain_round(cfg: Any, wrapper: Any, batches: list[dict], init_state: dict, s
     return Round(steps, [len(b["input_ids"]) for b in batches], time.perf_counter() - t_wall)
 
 
-def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int,
-                 parity: int) -> tuple[Round, Round]:
-    """One epoch through lmlab's Trainer with a plain-loop step on the same batch inside every Lightning step.
+def fit_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int,
+              loop: PlainLoop | None = None, parity: int = 0) -> tuple[Round, list[float], list[int]]:
+    """``trainer.fit`` over ``batches`` with a freshly built lmlab Trainer (the config's callbacks + a timer).
 
-    Step i of the plain loop runs in on_train_batch_start of Lightning's step i when ``i % 2 == parity``, else in
-    its on_train_batch_end (P0 L0 L1 P1 P2 L2 ...: each path follows itself and the other equally often), and is
-    timed on its own; Lightning's step i is the time from its on_train_batch_start to the next one (the last: to
-    on_train_epoch_end) less the plain step's. The two alternate step by step, so a change in the machine's
-    speed (other processes, clock) hits both alike instead of one whole round.
+    A Lightning step lasts from its on_train_batch_start to the next one (the last: to on_train_epoch_end), so
+    everything Lightning does between batches is counted. With a ``loop``, step i of the plain loop runs on the
+    same batch in on_train_batch_start of Lightning's step i when ``i % 2 == parity``, else in its
+    on_train_batch_end (P0 L0 L1 P1 P2 L2 ...: each path follows itself and the other equally often); it is
+    timed on its own and taken out of Lightning's step. Returns Lightning's Round and the plain steps' durations
+    and page faults (empty without a loop).
     """
     import torch
     from lightning.pytorch.callbacks import Callback
 
     from lmlab.builders import build_callbacks, build_trainer
 
-    module.model.load_state_dict(init_state)
-    t_setup = time.perf_counter()
-    loop = PlainLoop(cfg, wrapper, len(batches), init_state, seed)
-    plain_setup = time.perf_counter() - t_setup
-
-    class Paired(Callback):
+    class Timer(Callback):
         def __init__(self) -> None:
-            self.marks: list[float] = []
+            self.marks: list[tuple[float, int]] = []  # (time, page faults) at each step start and at the end
             self.plain: list[float] = []  # each plain step's own duration
-            self.calls: list[float] = []  # the whole call (RNG swaps included), taken out of Lightning's step
-            self.mark_faults: list[int] = []
-            self.plain_faults: list[int] = []
+            self.calls: list[tuple[float, int]] = []  # the whole plain call (RNG swaps included): time, faults
 
         def run_plain(self, batch_idx: int) -> None:
+            if loop is None:
+                return
             f0, t0 = minor_faults(), time.perf_counter()
             self.plain.append(loop.step(batches[batch_idx]))
-            self.calls.append(time.perf_counter() - t0)
-            self.plain_faults.append(minor_faults() - f0)
+            self.calls.append((time.perf_counter() - t0, minor_faults() - f0))
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            self.marks.append(time.perf_counter())
-            self.mark_faults.append(minor_faults())
+            self.marks.append((time.perf_counter(), minor_faults()))
             if batch_idx % 2 == parity:
                 self.run_plain(batch_idx)
 
@@ -389,24 +343,40 @@ def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_
                 self.run_plain(batch_idx)
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            self.marks.append(time.perf_counter())
-            self.mark_faults.append(minor_faults())
+            self.marks.append((time.perf_counter(), minor_faults()))
 
-    paired = Paired()
-    trainer = build_trainer(cfg, [*build_callbacks(cfg), paired], [])
+    module.model.load_state_dict(init_state)
+    timer = Timer()
+    trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], [])
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=BatchList(batches))
     wall = time.perf_counter() - t0
-    marks, plain, calls = paired.marks, paired.plain, paired.calls
-    if trainer.global_step != len(batches) or len(marks) != len(batches) + 1 or len(plain) != len(batches):
-        raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {len(batches)}")
-    sizes = [len(b["input_ids"]) for b in batches]
-    light = [b - a - c for (a, b), c in zip(pairwise(marks), calls, strict=True)]
-    plain_faults = paired.plain_faults
-    light_faults = [b - a - f for (a, b), f in zip(pairwise(paired.mark_faults), plain_faults, strict=True)]
-    return (Round(light, sizes, wall - sum(calls), light_faults),
-            Round(plain, sizes, plain_setup + sum(plain), plain_faults))
+    n = len(batches)
+    if trainer.global_step != n or len(timer.marks) != n + 1 or len(timer.plain) not in (0, n):
+        raise RuntimeError(f"Lightning ran {trainer.global_step} steps, expected {n}")
+    calls = timer.calls or [(0.0, 0)] * n
+    steps = [b[0] - a[0] - c[0] for (a, b), c in zip(pairwise(timer.marks), calls, strict=True)]
+    faults = [b[1] - a[1] - c[1] for (a, b), c in zip(pairwise(timer.marks), calls, strict=True)]
+    light = Round(steps, [len(b["input_ids"]) for b in batches], wall - sum(c[0] for c in calls), faults)
+    return light, timer.plain, [c[1] for c in timer.calls]
+
+
+def lightning_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed: int) -> Round:
+    """Lightning alone over ``batches`` (warm-up, padding variants)."""
+    return fit_round(cfg, module, batches, init_state, seed)[0]
+
+
+def paired_round(cfg: Any, module: Any, wrapper: Any, batches: list[dict], init_state: dict, seed: int,
+                 parity: int) -> tuple[Round, Round]:
+    """One epoch through lmlab's Trainer with a plain-loop step on the same batch inside every Lightning step
+    (``fit_round``): the two alternate step by step, so a change in the machine's speed (other processes,
+    clock) hits both alike instead of one whole round. Returns (Lightning's Round, the plain loop's Round)."""
+    t_setup = time.perf_counter()
+    loop = PlainLoop(cfg, wrapper, len(batches), init_state, seed)
+    plain_setup = time.perf_counter() - t_setup
+    light, plain, plain_faults = fit_round(cfg, module, batches, init_state, seed, loop, parity)
+    return light, Round(plain, light.sizes, plain_setup + sum(plain), plain_faults)
 
 
 def minor_faults() -> int:

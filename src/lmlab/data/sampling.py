@@ -51,11 +51,9 @@ class LengthGroupedSampler(Sampler[int]):
         del perm
         # Full batches in random order; a short remainder batch (if any) goes last.
         n_full = len(ordered) // self.batch_size
-        out = torch.empty_like(ordered)
-        torch.index_select(ordered[: n_full * self.batch_size].view(n_full, self.batch_size), 0,
-                           torch.randperm(n_full, generator=g), out=out[: n_full * self.batch_size].view(n_full, self.batch_size))
-        out[n_full * self.batch_size :] = ordered[n_full * self.batch_size :]
-        return out
+        full = ordered[: n_full * self.batch_size].view(n_full, self.batch_size)
+        full[:] = full[torch.randperm(n_full, generator=g)]  # indexing copies first, so no row is read overwritten
+        return ordered
 
     def __iter__(self) -> Iterator[int]:
         order = self.order()

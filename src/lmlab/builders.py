@@ -75,6 +75,9 @@ def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list
         module.peft_info = peft_info
         # Trainable-only checkpoints lack the base weights: Lightning's resume/test loads must not be strict.
         module.strict_loading = peft_info["checkpoint"] != "trainable"
+    from lmlab.models import compile_modules
+
+    compile_modules(module.compiled_modules(), cfg.model)
     return module
 
 

@@ -125,19 +125,47 @@ def build_model(model_cfg: DictConfig, auto_class: Any, weights: bool = True, to
     """
     from transformers import AutoConfig
 
+    # .get: configs stored in checkpoints written before the key existed lack it.
+    attention = model_cfg.get("attn_implementation")
+    attn = {"attn_implementation": attention} if attention else {}
     if model_cfg.from_config is not None:
         fields = OmegaConf.to_container(model_cfg.from_config, resolve=True)
         model_type = fields.pop("model_type")
         if tokenizer is not None:
             fields = {**tokenizer_config_fields(tokenizer), **fields}
         config = AutoConfig.for_model(model_type, **fields, **config_overrides)
-        return auto_class.from_config(config)
+        return auto_class.from_config(config, **attn)
     if not weights:
         config = _load(AutoConfig, model_cfg.name_or_path, "model", revision=model_cfg.revision,
                        trust_remote_code=model_cfg.trust_remote_code, **config_overrides)
-        return auto_class.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+        return auto_class.from_config(config, trust_remote_code=model_cfg.trust_remote_code, **attn)
     return _load(auto_class, model_cfg.name_or_path, "model", revision=model_cfg.revision,
-                 trust_remote_code=model_cfg.trust_remote_code, **config_overrides)
+                 trust_remote_code=model_cfg.trust_remote_code, **config_overrides, **attn)
+
+
+def compile_modules(modules: list[Any], model_cfg: DictConfig) -> None:
+    """``torch.compile`` each module in place (``nn.Module.compile``) when model.compile is set.
+
+    In place rather than ``torch.compile(model)``: the wrapper that returns would prefix every parameter name
+    with ``_orig_mod.``, so checkpoints, exports and ``init_from`` would stop matching uncompiled models.
+    Compilation happens at the first forward; with dynamic padding the second sequence length makes dynamo
+    recompile once with dynamic shapes, after which batches of any length reuse the graph.
+    """
+    if not model_cfg.get("compile"):
+        return
+    log.info("model.compile: torch.compile(backend=%s, mode=%s) of %s; the first steps compile",
+             model_cfg.compile_backend, model_cfg.compile_mode, ", ".join(type(m).__name__ for m in modules))
+    for module in modules:
+        module.compile(backend=model_cfg.compile_backend, mode=model_cfg.compile_mode)
+
+
+def run_eagerly() -> Any:
+    """Context in which compiled modules run their plain Python forward: for ``generate``, whose calls change
+    shapes and arguments every token and would use up dynamo's recompile limit (then every later call of the
+    model, training included, would run uncompiled)."""
+    import torch
+
+    return torch.compiler.set_stance("force_eager")
 
 
 def _input_embedding_name(model: Any) -> str | None:

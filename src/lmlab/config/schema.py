@@ -39,6 +39,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     init_from: str | None = None
     train_mode: bool = True
+    attn_implementation: str | None = None  # None: transformers' choice (sdpa where the model supports it)
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
     # Not Optional: OmegaConf cannot merge a dict override into a structured field holding None.
     train_tokenizer: TokenizerTrainingConfig = field(default_factory=TokenizerTrainingConfig)
 

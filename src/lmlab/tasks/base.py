@@ -72,6 +72,10 @@ class TaskModule(L.LightningModule):
         if config["model"].get("train_mode", True):
             self.model.train()
 
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        """The modules a step calls, which model.compile compiles (the task's own loss code stays eager)."""
+        return [self.model]
+
     # -- optimization ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = OmegaConf.create(self.config["optimizer"])

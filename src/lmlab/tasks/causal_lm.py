@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lmlab.models import run_eagerly
 from lmlab.tasks.language_modeling import LanguageModelingTask
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def generate_continuations(model: Any, tokenizer: Any, prompts: list[str], max_n
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts = []
     # Sampling draws from torch's RNG: fork it so samples are seeded and training randomness is untouched.
-    with torch.random.fork_rng(), torch.no_grad():
+    with torch.random.fork_rng(), torch.no_grad(), run_eagerly():
         torch.manual_seed(seed)
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]  # (1, prompt tokens)

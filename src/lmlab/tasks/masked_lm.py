@@ -90,6 +90,10 @@ class MaskedLMTask(LanguageModelingTask):
         return batch
 
     # -- steps --------------------------------------------------------------------------------------
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        head = getattr(self.model, "cls", None)  # a step calls the encoder and the head apart (below)
+        return [self.model] if head is None else [self.model.base_model, head]
+
     def scores(self, batch: dict[str, torch.Tensor], masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(vocabulary logits at the masked positions (masked tokens, vocab), NSP logits (batch, 2) or None).
 

@@ -60,6 +60,10 @@ class PromptClassificationTask(SequenceClassificationTask):
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        head = getattr(self.model, "cls", None)  # a step calls the encoder and the head apart (below)
+        return [self.model] if head is None else [self.model.base_model, head]
+
     def mask_logits(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits at the mask positions (batch, vocab). BERT-family models (a ``cls`` head over
         ``base_model``) project only those positions onto the vocabulary, not every token."""

@@ -19,6 +19,7 @@ from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
 from lmlab.data.loading import column_values
 from lmlab.data.seq2seq import REFERENCE_KEY
+from lmlab.models import run_eagerly
 from lmlab.tasks.base import TaskModule
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
@@ -88,8 +89,9 @@ class Seq2SeqTask(TaskModule):
 
     def generate(self, batch: dict[str, Any]) -> list[str]:
         """Beam-search output of the batch's sources, detokenized (special tokens dropped)."""
-        ids = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  **self.generation)  # (batch, generated tokens)
+        with run_eagerly():  # beam search under a compiled model would recompile for every new length
+            ids = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      **self.generation)  # (batch, generated tokens)
         # No clean-up of spaces: the decoder already restores the text's spacing, and "word ." -> "word."
         # rewriting would make the hypotheses differ from what the model produced.
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

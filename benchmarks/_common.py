@@ -259,6 +259,40 @@ class FirstStep:
         trainer.should_stop = True
 
 
+class StepClock:
+    """Writes one JSON line to ``path`` when training ends: the seconds from the start of batch ``skip`` to the end
+    of the last batch, the number of batches in between and the tokens (input ids) they held. On CUDA it
+    synchronizes at both marks, so queued kernels are counted where they run."""
+
+    def __init__(self, path: str, skip: int):
+        self.path, self.skip = Path(path), skip
+        self.start: float | None = None
+        self.end = 0.0
+        self.steps = self.tokens = 0
+
+    @staticmethod
+    def _now() -> float:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.skip and self.start is None:
+            self.start = self._now()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.start is not None:
+            self.steps += 1
+            self.tokens += batch["input_ids"].numel()
+            self.end = self._now() if trainer.global_step >= trainer.max_steps else time.perf_counter()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.path.write_text(json.dumps({"seconds": self.end - (self.start or self.end), "steps": self.steps,
+                                         "tokens": self.tokens, "global_step": trainer.global_step}) + "\n")
+
+
 def as_callback(cls: type) -> Any:
     """Factory for Hydra's _target_: the class mixed with Lightning's Callback (imported lazily, so the
     benchmark scripts that only read results do not import Lightning)."""
@@ -273,6 +307,10 @@ def eval_clock(path: str) -> Any:
 
 def first_step(path: str) -> Any:
     return as_callback(FirstStep)(path)
+
+
+def step_clock(path: str, skip: int) -> Any:
+    return as_callback(StepClock)(path, skip)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

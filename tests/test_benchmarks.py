@@ -40,6 +40,22 @@ def test_run_all_collects_figure_lines(tmp_path: Path) -> None:
     assert "gpu_clm.py --quick" in log.read_text()
 
 
+@pytest.mark.slow  # ~25 s: a real `lmlab train` (tokenizer, aot_eager compile) plus the plain loop
+def test_gpu_benchmark_runs_both_programs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """gpu_clm.py --cpu-smoke: the GPU benchmark's two programs at toy sizes, so its first run on a lent GPU does not
+    fail on a script error. The lmlab run must have used every setting the figure is about."""
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_clm.py"), "--cpu-smoke"], capture_output=True, text=True,
+                          env=cli_env(OMP_NUM_THREADS="1"), timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("precision bf16-mixed, attn_implementation sdpa, compiled yes (backend aot_eager), AdamW fused=True, "
+            "callbacks non_finite, lr_monitor, bench_clock") in proc.stdout
+    figures = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("gpu_"))
+    for name in ("gpu_lmlab_tokens_per_s", "gpu_plain_tokens_per_s"):
+        assert float(figures[name].split()[0]) > 0, figures[name]
+    assert 0.05 < float(figures["gpu_lmlab_vs_plain_throughput"].split()[0]) < 20
+    assert figures["gpu_gpt2_small_mfu"].startswith("n/a (CPU smoke run)")
+
+
 def test_cpu_seconds_of_a_process_tree_count_each_process_once() -> None:
     """A child that burns ~1 CPU second and exits must add ~1 s, not 2 (its parent's children_* fields repeat it)."""
     sys.path.insert(0, str(BENCH))

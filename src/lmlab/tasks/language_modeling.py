@@ -10,11 +10,35 @@ import math
 from typing import Any
 
 import torch
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from lmlab.tasks.base import TaskModule
 
 STAGES = ("train", "val", "test")
+
+
+class TokenWeightedLoss(Metric):
+    """Mean loss per predicted token: each batch's mean loss weighted by its token count, summed across ranks.
+
+    Not torchmetrics' MeanMetric: its NaN check reads a value back from the device on every update (a GPU stall
+    each step), and with that check disabled it ignores the weights (torchmetrics 1.9). A batch without
+    predicted tokens (possibly a NaN loss) adds nothing, through a tensor ``where`` rather than a host-side
+    ``if``; a diverged model's NaN loss in any other batch shows in the result."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, tokens: torch.Tensor) -> None:
+        weighted = torch.where(tokens > 0, loss.detach().float() * tokens, 0.0)
+        self.loss_sum += weighted
+        self.tokens += tokens
+
+    def compute(self) -> torch.Tensor:
+        return self.loss_sum / self.tokens
 
 
 class LanguageModelingTask(TaskModule):
@@ -27,7 +51,7 @@ class LanguageModelingTask(TaskModule):
         super().__init__(model, config, label_names)
         self.tokenizer = tokenizer
         # Keyed "<stage>_loss": ModuleDict refuses a key that is a Module attribute, such as "train".
-        self.token_loss = torch.nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+        self.token_loss = torch.nn.ModuleDict({f"{stage}_loss": TokenWeightedLoss() for stage in STAGES})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(**batch)
@@ -38,8 +62,7 @@ class LanguageModelingTask(TaskModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         loss, lm_loss, tokens = self.lm_step(batch, stage)
-        if tokens > 0:  # a batch without predicted tokens (no mask drawn) has a NaN loss and no weight
-            self.token_loss[f"{stage}_loss"].update(lm_loss.detach(), tokens.float())
+        self.token_loss[f"{stage}_loss"].update(lm_loss, tokens)
         rows = len(batch["input_ids"])
         if stage == "train":
             self.log_train_step({"train/loss": lm_loss}, prog_bar=True, batch_size=rows)

@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training steps per measurement = batches in the epoch (default: 40; 8 with --quick)")
     p.add_argument("--batch-size", type=int, default=32, help="data.batch_size (default: 32)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="measured rounds in part 1 (default: 3 for the MiniLM recipes sst2/wnut17, 10 for the "
+                   help="measured rounds in part 1 (default: 6 for the MiniLM recipes sst2/wnut17, 10 for the "
                         "2-layer models of mlm/clm/seq2seq; 2 with --quick)")
     p.add_argument("--pad-steps", type=int, default=None,
                    help="steps per padding variant in part 2, 0 to skip part 2 (default: 16; 6 with --quick)")
@@ -109,9 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# The 2-layer models' steps last ~100 ms, and one round's overhead moves by about +-1 % from round to round on a
-# quiet 2-core machine (10 CLM rounds: 0.0-3.8 %, sd 1.1 %), so the median of 3 rounds could land anywhere within
-# 1-2 % of the true value; 10 rounds (~8 s each) narrow that. MiniLM steps (270-550 ms) vary far less.
+# One round's overhead moves by about +-1 % from round to round on a quiet 2-core machine (10 CLM rounds:
+# 0.0-3.8 %, sd 1.1 %; 3 SST-2 MiniLM rounds: -1.3..2.7 %), as much as the margin to the 2 % goal, so the median of
+# 3 rounds could land anywhere within 1-2 % of the true value. 10 rounds of the 2-layer models (~8 s each) and 6 of
+# MiniLM (~20-40 s each) bring the standard error of the mean to ~0.2-0.5 %.
 TINY_MODEL_TASKS = ("mlm", "clm", "seq2seq")
 
 
@@ -120,7 +121,7 @@ def rounds_for(args: argparse.Namespace) -> int:
         return args.rounds_given
     if args.quick:
         return 2
-    return 10 if args.task in TINY_MODEL_TASKS else 3
+    return 10 if args.task in TINY_MODEL_TASKS else 6
 
 
 # -- config and objects, built the way `lmlab train` builds them ---------------------------------------------

@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                          # MiniLM, ~5 min on 2 CPU cores
     python benchmarks/overhead.py --model tiny_bert --quick  # smoke check, a few seconds
     python benchmarks/overhead.py --task all                # part 1 for every other task's recipe
+    python benchmarks/overhead.py --task seq2seq --floor    # Lightning's fixed cost per step (near-zero model)
 
 1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
    tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
@@ -30,6 +31,11 @@ clm_tiny_shakespeare, seq2seq = translate_tiny_multi30k), or all four of those. 
 training_step does, without Lightning: masked LM masks the batch with the task's own masker and generator
 (what its on_before_batch_transfer does) and calls lm_step; causal LM calls lm_step; the others call the
 module's forward. Part 2 (padding) runs for sst2 only.
+
+--floor runs part 1 of an LM/seq2seq recipe with its model shrunk to width 8 and one layer (a few thousand
+parameters), batch 2 and 120 steps: a step is then almost all Python, and ``lightning_overhead_ms_per_step`` is
+Lightning's fixed per-step cost (hook dispatch, closure, batch transfer, logging checks) on this CPU, the floor
+under every recipe's overhead. Its figures are named ``<task>_floor_*``.
 
 Timings on a shared machine are noisy: the load average is printed before and after.
 """
@@ -96,7 +102,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.set_num_threads(N) (default: leave torch's default)")
     p.add_argument("--seed", type=int, default=42, help="seed of the config and of every round (default: 42)")
     p.add_argument("--quick", action="store_true", help="few steps and rounds: a smoke check of the script")
+    p.add_argument("--floor", action="store_true",
+                   help=f"part 1 with the recipe's model shrunk to near zero ({', '.join(FLOOR_MODELS)}): "
+                        "Lightning's fixed per-step cost")
     args = p.parse_args(argv)
+    if args.floor:
+        if args.task not in (*FLOOR_MODELS, "all"):
+            p.error(f"--floor needs --task {' | '.join(FLOOR_MODELS)} | all (recipes with a from-config model)")
+        args.batch_size = 2
+        args.steps = args.steps or (20 if args.quick else 120)
+        args.rounds = args.rounds or (2 if args.quick else 4)
+        args.pad_steps = 0
     if args.steps is None:
         args.steps = 8 if args.quick else 40
     args.rounds_given = args.rounds
@@ -114,6 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # 3 rounds could land anywhere within 1-2 % of the true value. 10 rounds of the 2-layer models (~8 s each) and 6 of
 # MiniLM (~20-40 s each) bring the standard error of the mean to ~0.2-0.5 %.
 TINY_MODEL_TASKS = ("mlm", "clm", "seq2seq")
+# --floor: each from-config recipe's model at width 8, one layer
+FLOOR_MODELS = {
+    "mlm": {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2},
+    "clm": {"n_embd": 8, "n_layer": 1, "n_head": 2},
+    "seq2seq": {"d_model": 8, "d_kv": 2, "d_ff": 8, "num_layers": 1, "num_decoder_layers": 1},
+}
 
 
 def rounds_for(args: argparse.Namespace) -> int:
@@ -174,6 +196,8 @@ def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[st
         "test": "false",
         "export": "false",
     }
+    if getattr(args, "floor", False):
+        base.update({f"model.from_config.{k}": v for k, v in FLOOR_MODELS[task].items()})
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -256,11 +280,23 @@ def plain_loss(wrapper: Any, batch: dict) -> Any:
     return wrapper(batch).loss
 
 
+def task_optimizer(module: Any, n_steps: int) -> tuple[Any, Any]:
+    """(optimizer, scheduler) from the task module's own configure_optimizers, as `lmlab train` gets them: the
+    config's optimizer (AdamW with torch's fused kernel on CPU by default), parameter groups and warmup/decay
+    schedule. It needs only the step count from a trainer: given by a stand-in."""
+    module._trainer = SimpleNamespace(estimated_stepping_batches=n_steps)
+    try:
+        conf = module.configure_optimizers()
+    finally:
+        module._trainer = None
+    return conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+
+
 class PlainLoop:
     """The same training steps in a plain PyTorch loop on ``wrapper.model`` (a separate copy of the model).
 
-    Optimizer and scheduler come from the task module's own configure_optimizers (same parameter groups,
-    lr, weight decay, warmup), which needs only the step count from a trainer: given by a stand-in here.
+    Optimizer and scheduler come from the task module's own configure_optimizers (``task_optimizer``: same
+    parameter groups, lr, weight decay, warmup).
     Gradient clipping follows trainer.gradient_clip_val/algorithm, as Lightning does. The loop keeps its own
     torch RNG state (dropout), so that stepping it between Lightning's steps leaves both with the random
     draws each would have alone.
@@ -275,12 +311,7 @@ class PlainLoop:
                         else torch.nn.utils.clip_grad_value_)
         self.model.load_state_dict(init_state)
         self.model.train()
-        wrapper._trainer = SimpleNamespace(estimated_stepping_batches=n_steps)
-        try:
-            conf = wrapper.configure_optimizers()
-        finally:
-            wrapper._trainer = None
-        self.optimizer, self.scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        self.optimizer, self.scheduler = task_optimizer(wrapper, n_steps)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if hasattr(wrapper, "masker"):  # the generator Lightning's on_train_epoch_start sets for epoch 0
             wrapper.masker.generator = wrapper._generator(1)
@@ -446,7 +477,7 @@ def quiet() -> None:
 def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
                   init_state: dict) -> None:
     print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop, same batches, steps paired --", flush=True)
-    tag = "" if args.task == "sst2" else f"{args.task}_"  # figure names of run_all.py stay distinct
+    tag = ("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")  # distinct names
     warm = batches[: max(args.warmup, 1)]
     lightning_round(cfg, module, warm, init_state, args.seed)
     plain_round(cfg, wrapper, warm, init_state, args.seed)
@@ -476,8 +507,9 @@ def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any,
     step_ms = statistics.median(sum(b.steps[skip:]) / (n - skip) * 1e3 for b in runs["plain"])
     result(tag + "lightning_samples_per_s", f"{light:.1f}", f"median of {rounds} rounds, steps {skip}..{n - 1}")
     result(tag + "plain_samples_per_s", f"{plain:.1f}", f"median of {rounds} rounds, same steps")
+    goal = "info: a near-zero model, all Python" if args.floor else "goal <= 2"
     result(tag + "lightning_overhead_pct", f"{overhead * 100:.1f}",
-           f"goal <= 2; median over {rounds} rounds of each round's paired steps")
+           f"{goal}; median over {rounds} rounds of each round's paired steps")
     if rounds > 2:
         result(tag + "lightning_overhead_pct_rounds", f"mean {statistics.mean(per_round):.2f}, standard error "
                f"{statistics.stdev(per_round) / len(per_round) ** 0.5:.2f}, range {min(per_round):.1f}..{max(per_round):.1f}",
@@ -604,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {load_avg()} (other processes on these cores make timings noisy)")
     print(f"data root: {os.environ['LMLAB_DATA_ROOT']}", flush=True)
 
-    tasks = list(EXPERIMENTS) if args.task == "all" else [args.task]
+    tasks = [args.task] if args.task != "all" else list(FLOOR_MODELS if args.floor else EXPERIMENTS)
     for task in tasks:
         args.task = task
         with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:

@@ -1,6 +1,6 @@
 """Run every lmlab benchmark, one after the other, and print each figure as a `name: value (goal)` line.
 
-    python benchmarks/run_all.py                  # full mode: ~55 min on a quiet 2-core machine (make bench)
+    python benchmarks/run_all.py                  # full mode: ~45 min on a quiet 2-core machine (make bench)
     python benchmarks/run_all.py --quick          # smoke run of every script (make bench-quick)
     python benchmarks/run_all.py --only mfu,startup --log bench.log
 
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import _common as c
 
-# (name, script, full-mode arguments): the full-mode sizes are chosen for ~55 min in all on 2 quiet cores.
+# (name, script, full-mode arguments): the full-mode sizes are chosen for ~45 min in all on 2 quiet cores.
 BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("startup", "startup.py", ["--repeats", "3"]),
     ("overhead", "overhead.py", []),
     ("overhead_tasks", "overhead.py", ["--task", "all"]),
+    ("overhead_floor", "overhead.py", ["--task", "all", "--floor"]),  # Lightning's fixed per-step cost
     ("hf_trainer", "hf_trainer.py", []),
     ("mfu", "mfu.py", ["--steps", "30"]),  # torch.compile alone compiles for minutes
     ("inference", "inference.py", []),

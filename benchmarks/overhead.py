@@ -474,10 +474,15 @@ def quiet() -> None:
 
 # -- the benchmark ------------------------------------------------------------------------------------------
 
+def figure_prefix(args: argparse.Namespace) -> str:
+    """What part 1's figure names start with, distinct per task and mode in run_all.py's summary."""
+    return ("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")
+
+
 def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
                   init_state: dict) -> None:
     print("-- part 1: lmlab/Lightning training step vs plain PyTorch loop, same batches, steps paired --", flush=True)
-    tag = ("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")  # distinct names
+    tag = figure_prefix(args)
     warm = batches[: max(args.warmup, 1)]
     lightning_round(cfg, module, warm, init_state, args.seed)
     plain_round(cfg, wrapper, warm, init_state, args.seed)

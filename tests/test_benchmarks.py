@@ -13,7 +13,7 @@ from tests.conftest import REPO, cli_env
 
 BENCH = REPO / "benchmarks"
 SCRIPTS = ["run_all.py", "startup.py", "overhead.py", "hf_trainer.py", "mfu.py", "inference.py", "corpus.py",
-           "gpu_clm.py"]
+           "gpu_clm.py", "cache_probe.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -69,3 +69,29 @@ def test_cpu_seconds_of_a_process_tree_count_each_process_once() -> None:
     with PeakRSS(proc.pid) as meter:
         proc.wait(timeout=60)
     assert 0.9 <= meter.cpu_s <= 1.6, meter.cpu_s
+
+
+def test_overhead_floor_shrinks_the_recipe_model_and_names_its_figures_apart(tmp_path: Path) -> None:
+    """--floor: batch 2, 120 steps, 4 rounds, no padding part, the recipe's model at width 8 (composed for real),
+    figures tagged ``<task>_floor_``; refused for the MiniLM recipes, whose model is pretrained."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import overhead
+    finally:
+        sys.path.remove(str(BENCH))
+    args = overhead.parse_args(["--task", "seq2seq", "--floor"])
+    assert (args.batch_size, args.steps, args.rounds, args.pad_steps) == (2, 120, 4, 0)
+    assert overhead.figure_prefix(args) == "seq2seq_floor_"
+    assert overhead.figure_prefix(overhead.parse_args(["--task", "seq2seq"])) == "seq2seq_"
+    overrides = overhead.overrides_for(args, args.steps)
+    assert "model.from_config.d_model=8" in overrides and "data.batch_size=2" in overrides
+    assert "data.limit_train_samples=240" in overrides
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cfg = overhead.compose_config(overrides, tmp_path)
+    finally:
+        HydraConfig.instance().cfg = None  # compose_config sets it as a run would; later tests start clean
+    assert (cfg.model.from_config.d_model, cfg.model.from_config.num_layers, cfg.data.batch_size) == (8, 1, 2)
+    with pytest.raises(SystemExit):
+        overhead.parse_args(["--task", "sst2", "--floor"])

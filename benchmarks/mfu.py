@@ -4,7 +4,7 @@
     python benchmarks/mfu.py --quick    # 4 steps (bf16: 1), no torch.compile: a smoke run
 
 1. Peak: torch.mm FLOP/s (2·M·K·N per product) for the shapes of a MiniLM step (M = batch tokens, K/N = 384 and
-   1536) and a 2048² square in fp32, best of --mm-repeats; the peak is the fastest. bf16 on one shape.
+   1536) and a 2048² square in fp32, best of --mm-repeats; the peak is the fastest. bf16 on the model's shapes.
 2. MFU: SST-2 training steps of MiniLM on lmlab's length-grouped batches (from lmlab's datamodule, collated
    once; data loading excluded) in a plain PyTorch loop (forward, backward, clip, optimizer and schedule from the
    task module's configure_optimizers: lmlab's fused AdamW; overhead.py measures lmlab's Trainer within ~1-2 %
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import sys
 import tempfile
 import time
@@ -123,14 +122,35 @@ def model_flops(model: Any, batches: list[dict]) -> tuple[float, float]:
     return 6 * params * tokens + attention, 6 * (params - embed) * tokens + attention
 
 
-def fresh_copy(module: Any) -> tuple[Any, Any, Any]:
-    """(model, optimizer, scheduler): a copy of the task module's model in train mode, with the optimizer and
-    schedule lmlab's configure_optimizers gives it."""
-    import overhead
+class Step:
+    """One training step of a fresh copy of the task module's model, as lmlab runs it: forward (optionally
+    compiled / under autocast), backward, norm clipping at 1.0, the optimizer and schedule of the module's
+    configure_optimizers (sized to ``n_steps``), zero_grad."""
 
-    copy_ = type(module)(copy.deepcopy(module.model), module.config, module.label_names)
-    optimizer, scheduler = overhead.task_optimizer(copy_, 1000)
-    return copy_.model.train(), optimizer, scheduler
+    def __init__(self, module: Any, n_steps: int, compile_: bool = False, autocast: Any = None):
+        import torch
+
+        import overhead
+
+        copy_ = overhead.module_copy(module)
+        self.model = copy_.model.train()
+        self.optimizer, self.scheduler = overhead.task_optimizer(copy_, n_steps)
+        # dynamic=True: one graph for every batch length (grouped batches vary), not a recompile per new shape
+        self.forward = torch.compile(self.model, dynamic=True) if compile_ else self.model
+        self.autocast = autocast or contextlib.nullcontext()
+
+    def __call__(self, batch: dict) -> float:
+        """Runs the step; returns its loss."""
+        import torch
+
+        with self.autocast:
+            loss = self.forward(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
 
 
 def run_variant(name: str, module: Any, batches: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -140,27 +160,17 @@ def run_variant(name: str, module: Any, batches: list[dict], args: argparse.Name
     threads = torch.get_num_threads()
     if name.endswith("1thread"):
         torch.set_num_threads(1)
-    model, optimizer, scheduler = fresh_copy(module)
+    step = Step(module, len(batches), compile_=name.startswith("compile"),
+                autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None)
     if name.startswith("bf16"):  # slow on CPUs without native bf16: a few timed steps are enough to see it
         batches = batches[: args.warmup + min(args.steps, args.bf16_steps)]
-    # dynamic=True: one graph for every batch length (grouped batches vary), not a recompile per new shape
-    step_model = torch.compile(model, dynamic=True) if name.startswith("compile") else model
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16")
-                else contextlib.nullcontext())
     torch.manual_seed(args.seed)
     losses, times = [], []
     try:
         for batch in batches:
             t = time.perf_counter()
-            with autocast:
-                loss = step_model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            losses.append(step(batch))
             times.append(time.perf_counter() - t)
-            losses.append(loss.item())
     finally:
         torch.set_num_threads(threads)
     return {"losses": losses, "times": times, "warmup_s": sum(times[: args.warmup]),
@@ -169,18 +179,9 @@ def run_variant(name: str, module: Any, batches: list[dict], args: argparse.Name
 
 def profile_top_ops(module: Any, batches: list[dict], warmup: int, rows: int = 14) -> None:
     """torch.profiler's top ops over the first six timed steps (after ``warmup`` untimed ones)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    model, optimizer, scheduler = fresh_copy(module)
-
-    def step(batch: dict) -> None:
-        model(**batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = Step(module, len(batches))
     for batch in batches[:warmup]:  # the first steps fault in fresh memory (optimizer state, gradients)
         step(batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

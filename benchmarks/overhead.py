@@ -280,6 +280,12 @@ def plain_loss(wrapper: Any, batch: dict) -> Any:
     return wrapper(batch).loss
 
 
+def module_copy(module: Any, tokenizer: Any = None) -> Any:
+    """The same task module around a deep copy of its model (a separate model for a plain loop)."""
+    extra = {"tokenizer": tokenizer} if getattr(module, "needs_tokenizer", False) else {}
+    return type(module)(copy.deepcopy(module.model), module.config, module.label_names, **extra)
+
+
 def task_optimizer(module: Any, n_steps: int) -> tuple[Any, Any]:
     """(optimizer, scheduler) from the task module's own configure_optimizers, as `lmlab train` gets them: the
     config's optimizer (AdamW with torch's fused kernel on CPU by default), parameter groups and warmup/decay
@@ -589,8 +595,7 @@ def run_task(args: argparse.Namespace, workdir: Path) -> None:
     label_names = datamodule.label_names
     module = build_task_module(cfg, plain_config(cfg), label_names, tokenizer=tokenizer)
     init_state = copy.deepcopy(module.model.state_dict())
-    extra = {"tokenizer": tokenizer} if getattr(module, "needs_tokenizer", False) else {}
-    wrapper = type(module)(copy.deepcopy(module.model), module.config, label_names, **extra)  # the plain loop's
+    wrapper = module_copy(module, tokenizer)  # the plain loop's
     n_params = sum(p.numel() for p in module.model.parameters())
     source = cfg.model.name_or_path or f"random init from_config {cfg.model.from_config.model_type}"
     print(f"== task {args.task}: {cfg.task.name} ==")

@@ -95,3 +95,15 @@ def test_overhead_floor_shrinks_the_recipe_model_and_names_its_figures_apart(tmp
     assert (cfg.model.from_config.d_model, cfg.model.from_config.num_layers, cfg.data.batch_size) == (8, 1, 2)
     with pytest.raises(SystemExit):
         overhead.parse_args(["--task", "sst2", "--floor"])
+
+
+def test_overhead_in_bf16_runs_both_paths_in_autocast_to_identical_weights(tmp_path: Path) -> None:
+    """--precision bf16-mixed: Lightning's bf16-mixed (with the fused AdamW, clipping and no NaN guard: callbacks=none)
+    and the plain loop's autocast compute the same training, to the bit; its figures are named bf16_*."""
+    proc = subprocess.run([sys.executable, str(BENCH / "overhead.py"), "--quick", "--model", "tiny_bert",
+                           "--precision", "bf16-mixed", "--pad-steps", "0"], capture_output=True, text=True,
+                          env=cli_env(), timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "precision bf16-mixed" in proc.stdout
+    assert "bf16_weights_max_abs_diff_after_round1: 0.00e+00 (" in proc.stdout
+    assert "\nbf16_lightning_overhead_pct: " in proc.stdout and "\nlightning_overhead_pct: " not in proc.stdout

@@ -82,15 +82,17 @@ def test_positions_limit_the_check_to_the_masked_tokens():
     ("auto", "32-true", "cpu", False, "32-true"),  # emulated bf16 is many times slower than fp32
     ("auto", "32-true", "gpu", True, "32-true"),  # a GPU run keeps the precision it was trained in
     ("auto", "bf16-mixed", "cpu", True, "bf16-mixed"),
+    ("auto", "auto", "cpu", True, "bf16-mixed"),  # a run config asking for auto (e.g. trainer.precision=auto here)
+    ("auto", "auto", "cpu", False, "32-true"),
     ("auto", "16-mixed", "cpu", True, "16-mixed"),
     ("32-true", "32-true", "cpu", True, "32-true"),
     ("bf16-mixed", "32-true", "cpu", False, "bf16-mixed"),
 ])
 def test_auto_precision_is_bf16_only_for_fp32_runs_on_a_cpu_with_native_bf16(monkeypatch, requested, run,
                                                                                accelerator, native, expected):
-    from lmlab import predict
+    from lmlab import precision, predict
 
-    monkeypatch.setattr(predict, "native_cpu_bf16", lambda: native)
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = OmegaConf.create({"precision": requested})
     run_cfg = OmegaConf.create({"trainer": {"precision": run, "accelerator": accelerator}})
@@ -100,9 +102,9 @@ def test_auto_precision_is_bf16_only_for_fp32_runs_on_a_cpu_with_native_bf16(mon
 
 
 def test_auto_precision_needs_a_task_that_rechecks_ties(monkeypatch):
-    from lmlab import predict
+    from lmlab import precision, predict
 
-    monkeypatch.setattr(predict, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: True)
     cfg = OmegaConf.create({"precision": "auto"})
     run_cfg = OmegaConf.create({"trainer": {"precision": "32-true", "accelerator": "cpu"}})
     module = NearTieClassifier()

@@ -479,8 +479,10 @@ def test_predict_writes_tags_per_word_that_score_as_the_test_metrics(ner_run: Pa
     sentences = read_conll_sentences(DATA_ROOT / "wnut17" / "emerging.test.annotated")[:64]
     (tmp_path / "in.conll").write_text("\n".join("".join(f"{w}\n" for w in words) for words, _ in sentences))
     out = tmp_path / "out.jsonl"
+    # recheck_margin=0: the run's own precision throughout, as its test ran (bf16 where auto picked it; predict's
+    # fp32 second look at near ties would make those labels fp32's, and the test's are bf16's)
     run_lmlab("predict", f"ckpt_path={ner_run}/checkpoints/best.ckpt", f"input={tmp_path}/in.conll",
-              f"output={out}", cwd=tmp_path)
+              f"output={out}", "recheck_margin=0", cwd=tmp_path)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["tokens"] for line in lines] == [words for words, _ in sentences]
     assert all(len(line["tags"]) == len(line["tokens"]) and line["truncated_words"] == 0 for line in lines)

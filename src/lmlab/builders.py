@@ -81,12 +81,17 @@ def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list
     return module
 
 
-def build_callbacks(cfg: DictConfig) -> list[Any]:
-    from lightning.pytorch.callbacks import ProgressBar
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[Any]:
+    """The configured callbacks, less those the run's settings rule out: a progress bar when bars are off,
+    and (with logger=none) the LR monitor, which Lightning refuses without a logger to write to."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a progress-bar callback when bars are off
+    if not cfg.trainer.enable_progress_bar:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not has_logger and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        log.info("callbacks.lr_monitor left out: no logger to write the learning rate to (logger=none)")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
 
 
@@ -118,8 +123,12 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
         # Exactly one component requeues: SLURM/submitit (docs/cluster.md). Lightning's own auto-requeue would
         # issue a second `scontrol requeue` and write hpc_ckpt files outside the run dir.
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    from lmlab.precision import concrete
+
+    # `lmlab train` settles auto before recording the config (train.settle_precision); other callers get it here.
+    precision = concrete(cfg.trainer.precision, str(cfg.trainer.accelerator))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
-                       _convert_="object")
+                       precision=precision, _convert_="object")
 
 
 GROUP_SECTIONS = {"debug": "trainer"}  # a group whose options write into another section
@@ -193,8 +202,10 @@ def build_eval_trainer(run_cfg: DictConfig, output_dir: str, precision: Any = No
     ``precision`` (default: the run's trainer.precision)."""
     import lightning as L
 
+    from lmlab.precision import concrete
+
     t = run_cfg.trainer
-    precision = t.precision if precision is None else precision
+    precision = concrete(t.precision if precision is None else precision, str(t.accelerator))
     return L.Trainer(accelerator=t.accelerator, devices=1, precision=precision, logger=False,
                      enable_checkpointing=False, enable_progress_bar=bool(t.enable_progress_bar),
                      enable_model_summary=False, default_root_dir=output_dir,

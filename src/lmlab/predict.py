@@ -50,34 +50,17 @@ def predict(cfg: DictConfig) -> Path:
     return output
 
 
-FP32 = ("32-true", "32", 32)
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls ran 2.0-2.5x faster than
-    fp32 (AMD EPYC with avx512_bf16, measured); without it oneDNN emulates bf16 and it is many times slower."""
-    import torch
-
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def on_cpu(accelerator: str) -> bool:
-    import torch
-
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
-                                    and not torch.backends.mps.is_available())
-
-
 def predict_precision(cfg: DictConfig, run_cfg: DictConfig, module: Any) -> Any:
     """``precision``: a Lightning precision as given, or for ``auto`` bf16-mixed where that is faster and the
     labels stay those of fp32 (an fp32 run, a CPU with native bf16, a task that re-checks near ties), else
     the run's trainer.precision."""
-    run_precision = run_cfg.trainer.precision
+    from lmlab import precision as prec
+
+    accelerator = str(run_cfg.trainer.accelerator)
+    run_precision = prec.concrete(run_cfg.trainer.precision, accelerator)
     if str(cfg.precision) != "auto":
         return cfg.precision
-    cpu = on_cpu(str(run_cfg.trainer.accelerator))
-    if run_precision in FP32 and module.rechecks_ties and cpu and native_cpu_bf16():
+    if run_precision in prec.FP32 and module.rechecks_ties and prec.on_cpu(accelerator) and prec.native_cpu_bf16():
         return "bf16-mixed"
     return run_precision
 

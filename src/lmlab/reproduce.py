@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 NEEDED = (".hydra/config.yaml", "run.json", "metrics.json")
-ENVIRONMENT = ("packages", "git", "python", "platform", "hostname", "cpu_count", "world_size")
+ENVIRONMENT = ("packages", "git", "python", "platform", "hostname", "cpu_count", "world_size", "precision")
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
@@ -58,6 +58,8 @@ def check_run_dir(run_dir: Path) -> None:
 def compare(old_dir: Path, new_dir: Path) -> dict[str, Any]:
     old_m, new_m = (_flat(json.loads((d / "metrics.json").read_text())) for d in (old_dir, new_dir))
     old_e, new_e = (json.loads((d / "run.json").read_text()) for d in (old_dir, new_dir))
+    for env in (old_e, new_e):  # what ran: the re-run pins the original's auto to the precision it became
+        env["precision"] = (env.get("precision") or {}).get("used")
     (old_e.setdefault("git", {}))["diff_bytes"] = (old_dir / "git.diff").stat().st_size if (old_dir / "git.diff").exists() else 0
     (new_e.setdefault("git", {}))["diff_bytes"] = (new_dir / "git.diff").stat().st_size if (new_dir / "git.diff").exists() else 0
     metrics = {k: {"old": old_m.get(k), "new": new_m.get(k),
@@ -81,12 +83,19 @@ def print_comparison(result: dict[str, Any]) -> None:
         print(f"  {d['key']}: {d['old']!r} -> {d['new']!r}")
 
 
+def pinned_precision(run_dir: Path) -> list[str]:
+    """The override that gives the re-run the precision the original ran in, where it asked for ``auto`` (which
+    another machine may resolve differently: bf16 on a CPU with AMX, fp32 on one without)."""
+    precision = json.loads((run_dir / "run.json").read_text()).get("precision") or {}
+    return [f"trainer.precision={precision['used']}"] if precision.get("requested") == "auto" else []
+
+
 def reproduce(run_dir: Path) -> dict[str, Any]:
     run_dir = run_dir.resolve()
     check_run_dir(run_dir)
     new_dir = run_dir.parent / f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     cmd = [sys.executable, "-m", "lmlab", "train", "--config-path", str(run_dir / ".hydra"),
-           "--config-name", "config", f"hydra.run.dir={new_dir}", "resume=null"]
+           "--config-name", "config", f"hydra.run.dir={new_dir}", "resume=null", *pinned_precision(run_dir)]
     print("running:", " ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd)
     if proc.returncode != 0 or not (new_dir / "metrics.json").is_file():

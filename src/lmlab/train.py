@@ -44,6 +44,27 @@ def resolve_resume(resume: str | None, run_path: Path) -> tuple[str | None, bool
     raise RunDirError(f"resume={target}: no such run dir or checkpoint file. Fix: resume=<RUN_DIR or a .ckpt>.")
 
 
+def settle_precision(cfg: DictConfig, started: dict[str, Any] | None) -> dict[str, Any]:
+    """Make trainer.precision concrete before anything records the config (config_resolved.yaml, checkpoints,
+    loggers): ``auto`` becomes what this hardware runs best (lmlab.precision.auto_precision), or, for a run
+    continuing in its own dir, the precision it started with. Returns run.json's ``precision`` record."""
+    from omegaconf import open_dict
+
+    requested = cfg.trainer.precision
+    if str(requested) != "auto":
+        return {"requested": requested, "used": requested}
+    if started and started.get("requested") == "auto":
+        used, why = started["used"], "the precision this run started with"
+    else:
+        from lmlab.precision import auto_precision
+
+        used, why = auto_precision(str(cfg.trainer.accelerator))
+    with open_dict(cfg):
+        cfg.trainer.precision = used
+    log.info("trainer.precision=auto: %s (%s)", used, why)
+    return {"requested": "auto", "used": used, "why": why}
+
+
 def _share_cores_with_parallel_jobs() -> None:
     """Under a parallel launcher (hydra/launcher=local_parallel), give each job cores / n_jobs threads:
     torch's default of one thread per core in every job oversubscribes the CPU and slows all of them."""
@@ -120,11 +141,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run.ensure_writable()
     if not same_dir:
         run.ensure_fresh()
-    wandb_id = run.read_meta().get("wandb_id") or secrets.token_hex(4)
+    previous = run.read_meta()
+    wandb_id = previous.get("wandb_id") or secrets.token_hex(4)
+    precision = settle_precision(cfg, previous.get("precision") if same_dir else None)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run.start(cfg, command="lmlab train " + shlex.join(sys.argv[1:]), overrides=overrides,
               resumed=resume_ckpt is not None)
-    run.update_meta(wandb_id=wandb_id)
+    run.update_meta(wandb_id=wandb_id, precision=precision)
     config = plain_config(cfg)
     loggers: list[Any] = []
     failed, error, status = True, None, "failed"
@@ -224,7 +247,7 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
 
         require_free_space(run.checkpoints, module)
     loggers.extend(build_loggers(cfg, wandb_id))
-    trainer = build_trainer(cfg, build_callbacks(cfg), loggers)
+    trainer = build_trainer(cfg, build_callbacks(cfg, has_logger=bool(loggers)), loggers)
     for logger in loggers:
         logger.log_hyperparams(config)
     run.update_meta(world_size=trainer.world_size, data=datamodule.stats,

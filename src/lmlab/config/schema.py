@@ -216,7 +216,7 @@ class TrainerConfig:
     strategy: Any = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    precision: Any = "32-true"
+    precision: Any = "auto"
     max_epochs: int | None = None
     min_epochs: int | None = None
     max_steps: int = -1

@@ -120,7 +120,7 @@ def _check_run(cfg: DictConfig, problems: list[str]) -> None:
     _check_positive(problems, cfg, "seed", allow_zero=True)
     if _get(cfg, "split") is not None:
         _check_choice(problems, cfg, "split", ("test", "validation"))
-    _check_precision(problems, cfg, "trainer.precision", PRECISIONS)
+    _check_precision(problems, cfg, "trainer.precision", ("auto", *PRECISIONS))
     if _get(cfg, "recheck_margin") is not None:  # lmlab predict
         _check_precision(problems, cfg, "precision", ("auto", *PRECISIONS))
         _check_positive(problems, cfg, "recheck_margin", allow_zero=True)

@@ -100,10 +100,27 @@ class TaskModule(L.LightningModule):
         reusable = (norm is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm"
                     and type(self.trainer.strategy).__name__ in ("SingleDeviceStrategy", "DDPStrategy"))
         if not reusable:
+            if gradient_clip_val and self._clips_scaler_free_autocast(optimizer, gradient_clip_val,
+                                                                      gradient_clip_algorithm):
+                return
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+
+    def _clips_scaler_free_autocast(self, optimizer: Any, clip_val: float, algorithm: str | None) -> bool:
+        """Under bf16-mixed, clip as Lightning does in fp32 and return True. Lightning's mixed-precision plugin
+        refuses to clip for a fused optimizer (which unscales fp16 gradients inside its step), also for bf16, which
+        has no GradScaler and nothing to unscale (Lightning-AI/pytorch-lightning#21435): bf16-mixed with the fused
+        AdamW and clipping, lmlab's defaults, would stop at the first step when the NaN guard is off."""
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        if not isinstance(plugin, MixedPrecision) or plugin.scaler is not None:
+            return False
+        Precision.clip_gradients(plugin, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
+        return True
 
     def configure_callbacks(self) -> list[Any]:
         """finetune.freeze / unfreeze, and the trainable-parameter count of every run."""

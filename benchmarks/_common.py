@@ -60,7 +60,7 @@ def cpu_features() -> str:
     bf16 (AVX512-BF16/AMX) bf16 matmuls are faster than fp32, without it many times slower."""
     import torch
 
-    from lmlab.predict import native_cpu_bf16  # the test `lmlab predict precision=auto` makes
+    from lmlab.precision import native_cpu_bf16  # the test precision=auto makes (train and predict)
 
     return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_cpu_bf16() else 'no'}"
 

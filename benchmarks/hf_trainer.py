@@ -11,12 +11,14 @@ time counts: single runs of either varied by +-10 % on a quiet machine):
             callbacks and loggers off (the HF runs save and log nothing either; the NaN guard stays on).
   hf_glue   transformers.Trainer as run_glue.py runs it by default: every text padded to max_seq_length=128,
             random batches (no length grouping).
-  hf_best   transformers.Trainer with its best settings: dynamic padding (DataCollatorWithPadding) and
-            train_sampling_strategy=group_by_length.
+  hf_best   transformers.Trainer with its best settings: dynamic padding (DataCollatorWithPadding),
+            train_sampling_strategy=group_by_length, and bf16=True wherever lmlab's precision=auto picks bf16 (a CPU
+            with AMX/AVX512-BF16), so the two run in the same precision.
 All three: the same `--train-samples` sentences (a seeded random subset of SST-2 train), the full dev set, the
 same seed, batch 32, AdamW in torch's fused kernel (both programs' default; lr 1e-4, weight decay 0.01 without
 biases/LayerNorm, betas/eps as lmlab's), linear schedule with the same warmup steps, gradient clipping at norm
-1.0, one epoch, fp32, torch's default threads.
+1.0, one epoch, torch's default threads. Precision: lmlab its default (trainer.precision=auto: bf16-mixed on a
+CPU that multiplies bf16 natively, else fp32), hf_best the same, hf_glue fp32 (run_glue's default).
 Training time excludes evaluation (lmlab: a callback stops the clock during validation; HF: minus
 eval_runtime) and tokenization; each run's whole wall time is printed too.
 
@@ -131,9 +133,17 @@ def run_lmlab(args: argparse.Namespace, train: Path, dev: Path, work: Path) -> d
 
 # -- the HF runs: a worker process per variant ------------------------------------------------------------
 
+def lmlab_precision() -> str:
+    """What `lmlab train`'s default trainer.precision=auto becomes on this machine's CPU."""
+    from lmlab.precision import auto_precision
+
+    return auto_precision("cpu")[0]
+
+
 def run_hf(args: argparse.Namespace, variant: str, train: Path, dev: Path, work: Path) -> dict[str, Any]:
     spec = {"variant": variant, "train": str(train), "dev": str(dev), "out": str(work / variant),
-            "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, **schedule(args)}
+            "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, **schedule(args),
+            "bf16": variant == "hf_best" and lmlab_precision() == "bf16-mixed"}
     spec_file = work / f"{variant}.json"
     spec_file.write_text(json.dumps(spec))
     proc, wall, _ = c.run_measured([sys.executable, __file__, "--hf-worker", str(spec_file)], env=c.child_env(),
@@ -200,7 +210,7 @@ def hf_worker(spec_file: str) -> None:
         learning_rate=spec["lr"], weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         optim=HF_OPTIM, lr_scheduler_type="linear", warmup_steps=spec["warmup"], max_grad_norm=1.0,
         eval_strategy="steps", eval_steps=spec["eval_every"], save_strategy="no", logging_strategy="no",
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True, bf16=spec["bf16"],
         train_sampling_strategy="random" if glue else "group_by_length",
     )
     clock = Clock()
@@ -313,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{sched['steps']} steps, dev eval every {sched['eval_every']} steps, warmup {sched['warmup']}, "
           f"lr {args.lr}, seed {args.seed} (timed); final accuracy also for seeds {args.accuracy_seeds or 'none'}",
           flush=True)
+    print(f"precision: lmlab trainer.precision=auto -> {lmlab_precision()}, hf_best "
+          f"{'bf16=True' if lmlab_precision() == 'bf16-mixed' else 'fp32'}, hf_glue fp32 (run_glue's default)")
     started = time.perf_counter()
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-hf-") as tmp:

@@ -240,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     best, fastest = max(mfu_of, key=mfu_of.get), max(rate_of, key=rate_of.get)
     c.result("mfu_best", f"{mfu_of[best]:.3f}", f"goal >= 0.50; {best}")
     c.result("fastest_variant", fastest, f"info: {rate_of[fastest] / base_rate:.2f}x the speed of {args.variants[0]}")
+    from lmlab.precision import auto_precision
+
+    auto = auto_precision("cpu")[0]
+    default = "bf16_autocast" if auto == "bf16-mixed" else "eager_fp32"
+    if default in mfu_of:
+        c.result("mfu_default", f"{mfu_of[default]:.3f}",
+                 f"info: {default}, what `lmlab train` runs here (trainer.precision=auto -> {auto})")
     print(f"-- 4. torch.profiler, 6 eager fp32 steps after {args.warmup}, top ops by self CPU time --", flush=True)
     profile_top_ops(module, batches, args.warmup)
     print(f"load average at end: {c.load_avg()}; total time {time.perf_counter() - started:.0f} s")

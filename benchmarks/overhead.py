@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --model tiny_bert --quick  # smoke check, a few seconds
     python benchmarks/overhead.py --task all                # part 1 for every other task's recipe
     python benchmarks/overhead.py --task seq2seq --floor    # Lightning's fixed cost per step (near-zero model)
+    python benchmarks/overhead.py --precision bf16-mixed    # both paths in bf16 autocast (auto's pick on AMX CPUs)
 
 1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
    tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
@@ -36,6 +37,10 @@ module's forward. Part 2 (padding) runs for sst2 only.
 parameters), batch 2 and 120 steps: a step is then almost all Python, and ``lightning_overhead_ms_per_step`` is
 Lightning's fixed per-step cost (hook dispatch, closure, batch transfer, logging checks) on this CPU, the floor
 under every recipe's overhead. Its figures are named ``<task>_floor_*``.
+
+--precision bf16-mixed runs both paths in bf16 autocast (Lightning wraps training_step in it; the plain loop its
+forward and loss), the precision `lmlab train`'s default trainer.precision=auto picks on a CPU with AMX or
+AVX512-BF16; figures are named ``bf16_*``. The default, 32-true, measures fp32 training.
 
 Timings on a shared machine are noisy: the load average is printed before and after.
 """
@@ -102,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.set_num_threads(N) (default: leave torch's default)")
     p.add_argument("--seed", type=int, default=42, help="seed of the config and of every round (default: 42)")
     p.add_argument("--quick", action="store_true", help="few steps and rounds: a smoke check of the script")
+    p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                   help="trainer.precision of both paths (default: 32-true); bf16-mixed: the plain loop's forward "
+                        "runs under torch.autocast(bfloat16) as Lightning's does (`lmlab train`'s default "
+                        "precision=auto on a CPU with native bf16)")
     p.add_argument("--floor", action="store_true",
                    help=f"part 1 with the recipe's model shrunk to near zero ({', '.join(FLOOR_MODELS)}): "
                         "Lightning's fixed per-step cost")
@@ -186,6 +195,7 @@ def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[st
         "data.limit_train_samples": "null" if task in ("mlm", "clm") else steps * args.batch_size,
         "data.batch_size": args.batch_size,
         "trainer.max_epochs": 1,
+        "trainer.precision": getattr(args, "precision", "32-true"),  # both paths compute in it (never auto)
         "trainer.enable_progress_bar": "false",
         "trainer.num_sanity_val_steps": 0,
         "trainer.limit_val_batches": 0,
@@ -312,6 +322,7 @@ class PlainLoop:
         import torch
 
         self.wrapper, self.model = wrapper, wrapper.model
+        self.bf16 = str(cfg.trainer.precision) == "bf16-mixed"  # Lightning: autocast around training_step only
         self.clip = cfg.trainer.gradient_clip_val
         self.clip_fn = (torch.nn.utils.clip_grad_norm_ if cfg.trainer.gradient_clip_algorithm == "norm"
                         else torch.nn.utils.clip_grad_value_)
@@ -336,7 +347,8 @@ class PlainLoop:
         # zero_grad first, as Lightning's automatic optimization does: each path's gradients then live from its
         # backward to its next step, so neither runs its step beside the other's gradients more than the other.
         self.optimizer.zero_grad(set_to_none=True)
-        loss = plain_loss(self.wrapper, dict(batch))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = plain_loss(self.wrapper, dict(batch))
         loss.backward()
         if self.clip is not None:
             self.clip_fn(self.params, self.clip)
@@ -482,7 +494,8 @@ def quiet() -> None:
 
 def figure_prefix(args: argparse.Namespace) -> str:
     """What part 1's figure names start with, distinct per task and mode in run_all.py's summary."""
-    return ("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")
+    return (("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")
+            + ("bf16_" if getattr(args, "precision", "32-true") == "bf16-mixed" else ""))
 
 
 def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
@@ -584,8 +597,8 @@ def run_task(args: argparse.Namespace, workdir: Path) -> None:
     from lmlab.run_dir import plain_config
 
     cfg = compose_config(overrides_for(args, args.steps), workdir)
-    if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "32"):
-        raise SystemExit("the plain loop mirrors fp32 training without gradient accumulation only")
+    if cfg.trainer.accumulate_grad_batches != 1 or str(cfg.trainer.precision) not in ("32-true", "bf16-mixed"):
+        raise SystemExit("the plain loop mirrors fp32 or bf16-mixed training without gradient accumulation only")
     L.seed_everything(args.seed, workers=True, verbose=False)
     tokenizer = build_tokenizer(cfg)
     datamodule, batches = train_batches(cfg, tokenizer)

@@ -222,6 +222,30 @@ def test_preemption_signal_saves_at_the_next_step_and_resume_finishes_the_same(
     assert read_json(run / "run.json")["status"] == "completed"
 
 
+@pytest.mark.slow
+def test_preemption_at_an_epochs_last_step_validates_that_epoch_before_stopping(uninterrupted: dict, workdir: Path):
+    """A signal that lands on the epoch's last step: Lightning resumes a checkpoint saved there at the next epoch, so
+    stopping at once would skip epoch 0's validation for good (seen on a requeued SLURM job). lmlab validates the
+    epoch first, saves again at its end, then stops; the resumed run validates every epoch once."""
+    env = hook_env(FAULT_PAUSE_AT_STEP=str(STEPS_PER_EPOCH - 1), FAULT_MARKER=str(workdir / "paused"))
+    stopped = start_and_kill_at_marker([*tiny(*EVERY), *hook_args("PauseAtStep")], workdir, env,
+                                       sig=signal.SIGTERM, release=True)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    (run,) = run_dirs(workdir)
+    log = (run / "train.log").read_text()
+    assert f"at step {STEPS_PER_EPOCH}, the epoch's last; validating the epoch before stopping" in log
+    assert "validated epoch 0, saved" in log
+    assert read_json(run / "metrics.json")["status"] == "preempted"
+    run_lmlab("train", f"resume={run}", cwd=workdir, env=hook_env())
+    assert finals(run) == uninterrupted
+    rows = (run / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val_epochs = [int(r["epoch"]) for r in (dict(zip(header, line.split(","), strict=False)) for line in rows[1:])
+                  if r.get("val/acc")]
+    # each epoch validated once (none skipped, none repeated), then the best checkpoint after fit (logged as epoch 2)
+    assert val_epochs == [0, 1, 2]
+
+
 # -- resources ---------------------------------------------------------------------------------------------
 def test_out_of_memory_names_the_batch_and_suggests_accumulation(workdir: Path):
     proc = run_lmlab("train", *tiny(), *hook_args("RaiseOOM"), cwd=workdir, check=False,

@@ -7,6 +7,12 @@ checkpoint is written after the current optimizer step (``on_train_batch_end``),
 Then ``Preempted`` ends the fit; ``lmlab train`` marks the run ``preempted`` (run.json, metrics.json) and
 exits 0. A signal during validation is acted on at the next step boundary, or right after fit.
 
+At an epoch's last step the epoch's validation comes first: Lightning resumes a checkpoint saved on the epoch's
+last batch at the next epoch, so stopping there would lose that epoch's validation (its metrics, its chance at
+best.ckpt, early stopping's look at it). The checkpoint is saved at the step all the same (should the grace period
+end during validation, that one is resumed from), and again at the epoch's end, after validation, and then the
+fit stops.
+
 Requeueing is not done here. While training runs, these handlers replace Lightning's (its SIGTERM
 notifier and, on SLURM with auto-requeue, its SIGUSR1 save-and-requeue handler), so exactly one thing reacts
 to the signal: the job ends once, with a checkpoint, and whatever launched it (sbatch ``--requeue``, a
@@ -55,6 +61,7 @@ class PreemptionCheckpoint(Callback):
         self.signals = signal_numbers(list(signals if signals is not None else ["SIGUSR1", "SIGTERM"]))
         self.received: str | None = None
         self.previous: dict[signal.Signals, Any] = {}
+        self.validating_first = False  # saved at an epoch's last step; stop at the epoch's end
 
     # -- signal handling -----------------------------------------------------------------------------
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -83,6 +90,7 @@ class PreemptionCheckpoint(Callback):
     # when it ends; Lightning then restores the handlers from before fit.
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.received = None
+        self.validating_first = False
         self._install()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -99,10 +107,34 @@ class PreemptionCheckpoint(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.fit_loop.epoch_loop._should_accumulate() or not self.should_stop(trainer):
             return  # mid-accumulation there is no optimizer step to resume from yet
+        if self.validating_first:
+            return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
+        if validates_after(trainer, batch_idx):
+            self.validating_first = True
+            log.warning("preempted (%s): saved %s at step %d, the epoch's last; validating the epoch before "
+                        "stopping, so that a resumed run does not skip it", self.received, path, trainer.global_step)
+            return
         log.warning("preempted (%s): saved %s at step %d", self.received, path, trainer.global_step)
         raise Preempted(self.received or "signal", trainer.global_step, str(path))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """After the epoch's validation (and ModelCheckpoint's saves on it): save again, then stop."""
+        if not self.validating_first:
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        log.warning("preempted (%s): validated epoch %d, saved %s at its end", self.received,
+                    trainer.current_epoch, path)
+        raise Preempted(self.received or "signal", trainer.global_step, str(path))
+
+
+def validates_after(trainer: Any, batch_idx: int) -> bool:
+    """Whether ``batch_idx`` is the epoch's last training batch and this epoch ends with a validation."""
+    every = trainer.check_val_every_n_epoch
+    last = isinstance(trainer.num_training_batches, int) and batch_idx + 1 >= trainer.num_training_batches
+    return bool(last and every and trainer.enable_validation and (trainer.current_epoch + 1) % every == 0)
 
 
 def last_checkpoint_path(trainer: Any) -> Path:

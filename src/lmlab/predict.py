@@ -54,12 +54,12 @@ def predict_precision(cfg: DictConfig, run_cfg: DictConfig, module: Any) -> Any:
     """``precision``: a Lightning precision as given, or for ``auto`` bf16-mixed where that is faster and the
     labels stay those of fp32 (an fp32 run, a CPU with native bf16, a task that re-checks near ties), else
     the run's trainer.precision."""
+    if str(cfg.precision) != "auto":
+        return cfg.precision
     from lmlab import precision as prec
 
     accelerator = str(run_cfg.trainer.accelerator)
     run_precision = prec.concrete(run_cfg.trainer.precision, accelerator)
-    if str(cfg.precision) != "auto":
-        return cfg.precision
     if run_precision in prec.FP32 and module.rechecks_ties and prec.on_cpu(accelerator) and prec.native_cpu_bf16():
         return "bf16-mixed"
     return run_precision

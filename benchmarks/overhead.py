@@ -344,8 +344,9 @@ class PlainLoop:
         outer = torch.get_rng_state()
         torch.set_rng_state(self.rng)
         t0 = time.perf_counter()
-        # zero_grad first, as Lightning's automatic optimization does: each path's gradients then live from its
-        # backward to its next step, so neither runs its step beside the other's gradients more than the other.
+        # zero_grad first, as lmlab's task module does at each step's start (TaskModule.on_train_batch_start):
+        # each path's gradients then live from its backward to its next step, so neither runs its step beside the
+        # other's gradients more than the other.
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             loss = plain_loss(self.wrapper, dict(batch))

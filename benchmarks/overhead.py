@@ -5,6 +5,7 @@
     python benchmarks/overhead.py --task all                # part 1 for every other task's recipe
     python benchmarks/overhead.py --task seq2seq --floor    # Lightning's fixed cost per step (near-zero model)
     python benchmarks/overhead.py --precision bf16-mixed    # both paths in bf16 autocast (auto's pick on AMX CPUs)
+    python benchmarks/overhead.py --callbacks train         # with the per-step callbacks + CSV logger of `lmlab train`
 
 1. Lightning overhead. The real `train` config is composed with Hydra (as `lmlab train` does) and the
    tokenizer, datamodule, task module and Trainer come from lmlab's builders. The training batches of one
@@ -41,6 +42,12 @@ under every recipe's overhead. Its figures are named ``<task>_floor_*``.
 --precision bf16-mixed runs both paths in bf16 autocast (Lightning wraps training_step in it; the plain loop its
 forward and loss), the precision `lmlab train`'s default trainer.precision=auto picks on a CPU with AMX or
 AVX512-BF16; figures are named ``bf16_*``. The default, 32-true, measures fp32 training.
+
+--callbacks train adds what `lmlab train` runs around every step on top of Lightning's loop: its default callbacks
+that act during training (the NaN guard, the learning-rate monitor, the RNG-state and preemption handlers) and the
+CSV logger (written every trainer.log_every_n_steps). Left out: the checkpoint and early-stopping callbacks (they act
+after validation, which these epochs skip) and the progress bar (display). Figures are named ``callbacks_*``. The
+default, none, measures Lightning's step machinery with the task module alone.
 
 Timings on a shared machine are noisy: the load average is printed before and after.
 """
@@ -111,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="trainer.precision of both paths (default: 32-true); bf16-mixed: the plain loop's forward "
                         "runs under torch.autocast(bfloat16) as Lightning's does (`lmlab train`'s default "
                         "precision=auto on a CPU with native bf16)")
+    p.add_argument("--callbacks", choices=("none", "train"), default="none",
+                   help="none (default): Lightning's loop and the task module only; train: also the callbacks and "
+                        "CSV logger `lmlab train` runs every step (no checkpoint/early stopping/progress bar)")
     p.add_argument("--floor", action="store_true",
                    help=f"part 1 with the recipe's model shrunk to near zero ({', '.join(FLOOR_MODELS)}): "
                         "Lightning's fixed per-step cost")
@@ -139,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # 3 rounds could land anywhere within 1-2 % of the true value. 10 rounds of the 2-layer models (~8 s each) and 6 of
 # MiniLM (~20-40 s each) bring the standard error of the mean to ~0.2-0.5 %.
 TINY_MODEL_TASKS = ("mlm", "clm", "seq2seq")
+# --callbacks train: the default callbacks left out (they act after validation, which the measured epochs skip,
+# or only display)
+STEPLESS_CALLBACKS = ("checkpoint", "step_checkpoint", "early_stopping", "progress")
 # --floor: each from-config recipe's model at width 8, one layer
 FLOOR_MODELS = {
     "mlm": {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2},
@@ -202,14 +215,17 @@ def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[st
         "trainer.enable_checkpointing": "false",
         "trainer.enable_model_summary": "false",
         "callbacks": "none",
-        "logger": "none",
+        "logger": "none",  # fit_round builds the config's loggers: none here, csv with --callbacks train
         "test": "false",
         "export": "false",
     }
     if getattr(args, "floor", False):
         base.update({f"model.from_config.{k}": v for k, v in FLOOR_MODELS[task].items()})
+    if getattr(args, "callbacks", "none") == "train":
+        base.update({"callbacks": "default", "logger": "csv"})
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    dropped = [f"~callbacks.{name}" for name in STEPLESS_CALLBACKS] if base["callbacks"] == "default" else []
+    return [f"{k}={v}" for k, v in base.items()] + dropped
 
 
 def train_batches(cfg: Any, tokenizer: Any, label_names: list[str] | None = None) -> tuple[Any, list[dict]]:
@@ -383,7 +399,7 @@ def fit_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from lmlab.builders import build_callbacks, build_trainer
+    from lmlab.builders import build_callbacks, build_loggers, build_trainer
 
     class Timer(Callback):
         def __init__(self) -> None:
@@ -412,7 +428,8 @@ def fit_round(cfg: Any, module: Any, batches: list[dict], init_state: dict, seed
 
     module.model.load_state_dict(init_state)
     timer = Timer()
-    trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], [])
+    loggers = build_loggers(cfg, None)  # none unless --callbacks train (csv)
+    trainer = build_trainer(cfg, [*build_callbacks(cfg, has_logger=bool(loggers)), timer], loggers)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=BatchList(batches))
@@ -496,7 +513,8 @@ def quiet() -> None:
 def figure_prefix(args: argparse.Namespace) -> str:
     """What part 1's figure names start with, distinct per task and mode in run_all.py's summary."""
     return (("" if args.task == "sst2" else f"{args.task}_") + ("floor_" if args.floor else "")
-            + ("bf16_" if getattr(args, "precision", "32-true") == "bf16-mixed" else ""))
+            + ("bf16_" if getattr(args, "precision", "32-true") == "bf16-mixed" else "")
+            + ("callbacks_" if getattr(args, "callbacks", "none") == "train" else ""))
 
 
 def part_overhead(args: argparse.Namespace, cfg: Any, module: Any, wrapper: Any, batches: list[dict],
@@ -618,6 +636,8 @@ def run_task(args: argparse.Namespace, workdir: Path) -> None:
     print(f"training: {cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr}, scheduler "
           f"{cfg.scheduler.name} (warmup_ratio {cfg.scheduler.warmup_ratio}), gradient clip "
           f"{cfg.trainer.gradient_clip_val} ({cfg.trainer.gradient_clip_algorithm})")
+    print(f"lightning path: callbacks {', '.join(cfg.get('callbacks') or {}) or 'none'} (+ the benchmark's timer), "
+          f"logger {', '.join(cfg.get('logger') or {}) or 'none'} (--callbacks {args.callbacks})")
     print(f"data: {cfg.data.name} train, data.limit_train_samples={cfg.data.limit_train_samples} = {len(batches)} "
           f"steps x batch {args.batch_size}, max_length {cfg.data.max_length}, "
           f"group_by_length={cfg.data.group_by_length}, mean padded length "

@@ -30,6 +30,9 @@ BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("overhead_floor", "overhead.py", ["--task", "all", "--floor"]),  # Lightning's fixed per-step cost
     # precision=auto's pick on a CPU with native bf16; part 1 only (part 2's padding figures do not depend on it)
     ("overhead_bf16", "overhead.py", ["--precision", "bf16-mixed", "--pad-steps", "0"]),
+    # the same with the callbacks and CSV logger `lmlab train` runs every step
+    ("overhead_bf16_callbacks", "overhead.py",
+     ["--precision", "bf16-mixed", "--pad-steps", "0", "--callbacks", "train"]),
     ("hf_trainer", "hf_trainer.py", []),
     ("mfu", "mfu.py", ["--steps", "30"]),  # torch.compile alone compiles for minutes
     ("inference", "inference.py", []),
@@ -47,7 +50,8 @@ def is_figure(line: str) -> bool:
 
 def run_one(name: str, script: str, extra: list[str], quick: bool, log: Path) -> tuple[list[str], int, float]:
     cmd = [sys.executable, str(c.BENCH / script), *(["--quick"] if quick else extra)]
-    if quick and {"--task", "--precision"} & set(extra):  # what is measured, not how long: --quick keeps it
+    # what is measured, not how long: --quick keeps these
+    if quick and {"--task", "--precision", "--callbacks"} & set(extra):
         cmd += extra
     started = time.perf_counter()
     figures: list[str] = []

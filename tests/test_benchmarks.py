@@ -107,3 +107,16 @@ def test_overhead_in_bf16_runs_both_paths_in_autocast_to_identical_weights(tmp_p
     assert "precision bf16-mixed" in proc.stdout
     assert "bf16_weights_max_abs_diff_after_round1: 0.00e+00 (" in proc.stdout
     assert "\nbf16_lightning_overhead_pct: " in proc.stdout and "\nlightning_overhead_pct: " not in proc.stdout
+
+
+def test_overhead_with_the_train_callbacks_keeps_identical_weights_and_names_its_figures_apart(tmp_path: Path) -> None:
+    """--callbacks train: the Lightning path runs with the callbacks and CSV logger `lmlab train` runs every step
+    (the NaN guard's gradient norm then does the clipping) and still trains exactly as the plain loop does."""
+    proc = subprocess.run([sys.executable, str(BENCH / "overhead.py"), "--quick", "--model", "tiny_bert",
+                           "--callbacks", "train", "--pad-steps", "0"], capture_output=True, text=True,
+                          env=cli_env(), timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ("lightning path: callbacks non_finite, resume_state, preemption, lr_monitor (+ the benchmark's timer), "
+            "logger csv (--callbacks train)") in proc.stdout
+    assert "callbacks_weights_max_abs_diff_after_round1: 0.00e+00 (" in proc.stdout
+    assert "\ncallbacks_lightning_overhead_pct: " in proc.stdout and "\nlightning_overhead_pct: " not in proc.stdout

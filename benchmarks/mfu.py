@@ -15,9 +15,11 @@
    credit the step with FLOPs it never runs; that figure is printed as info. A bf16 variant is measured against
    the bf16 peak (its matmuls run in bf16), not the fp32 one.
 3. Variants, each from the same initial weights, seed and batches: eager fp32 (torch's default threads),
-   eager fp32 with 1 thread, bf16 autocast (at most --bf16-steps timed steps: slow without native bf16),
-   torch.compile (fp32; compile time excluded, printed). Each one's
-   losses are compared with eager fp32's (results must stay equal: max relative loss difference).
+   eager fp32 with 1 thread, bf16 autocast (all steps with native bf16; without it at most --bf16-steps: slow),
+   torch.compile (fp32; compile time excluded, printed). Eager variants use lmlab's default CPU dropout
+   (model.cpu_dropout=fast); the *_torch_dropout ones torch's own (model.cpu_dropout=torch), and compiled
+   graphs inductor's, as in `lmlab train`. Each one's losses are compared with eager fp32's: equal for the same
+   dropout masks, within dropout's noise for other masks (max relative loss difference, and the mean loss).
 4. torch.profiler: the top ops of six eager fp32 steps (the first timed ones), by self CPU time.
 """
 
@@ -34,7 +36,8 @@ from typing import Any
 
 import _common as c
 
-VARIANTS = ("eager_fp32", "eager_fp32_1thread", "bf16_autocast", "compile_fp32")
+VARIANTS = ("eager_fp32", "eager_fp32_torch_dropout", "eager_fp32_1thread", "bf16_autocast", "bf16_torch_dropout",
+            "compile_fp32")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,15 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--variants", default=None, help=f"comma list of {VARIANTS} (quick: no compile)")
     p.add_argument("--mm-repeats", type=int, default=None, help="timed repeats per matmul shape (default 20)")
-    p.add_argument("--bf16-steps", type=int, default=None, help="timed steps of the bf16 variant at most (default 6; quick 1)")
+    p.add_argument("--bf16-steps", type=int, default=None, help="timed steps of the bf16 variants at most (default: all with native bf16, else 6; quick 1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
     args = p.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 40)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
-    args.bf16_steps = args.bf16_steps or (1 if args.quick else 6)
+    if not args.bf16_steps:
+        from lmlab.precision import native_cpu_bf16
+
+        args.bf16_steps = 1 if args.quick else args.steps if native_cpu_bf16() else 6
     args.mm_repeats = args.mm_repeats or (3 if args.quick else 20)
-    default = VARIANTS[:3] if args.quick else VARIANTS
+    default = [v for v in VARIANTS if v != "compile_fp32"] if args.quick else VARIANTS
     args.variants = args.variants.split(",") if args.variants else list(default)
     return args
 
@@ -103,7 +109,8 @@ def build(args: argparse.Namespace, workdir: Path) -> tuple[Any, list[dict]]:
 
     ns = SimpleNamespace(model="minilm", seed=args.seed, batch_size=args.batch_size)
     n = args.steps + args.warmup
-    cfg = overhead.compose_config(overhead.overrides_for(ns, n), workdir)
+    # torch's dropout here; each variant swaps in lmlab's CPU dropout on its own copy (Step) where lmlab would
+    cfg = overhead.compose_config(overhead.overrides_for(ns, n, **{"model.cpu_dropout": "torch"}), workdir)
     L.seed_everything(args.seed, workers=True, verbose=False)
     tokenizer = build_tokenizer(cfg)
     datamodule, batches = overhead.train_batches(cfg, tokenizer)
@@ -127,12 +134,16 @@ class Step:
     compiled / under autocast), backward, norm clipping at 1.0, the optimizer and schedule of the module's
     configure_optimizers (sized to ``n_steps``), zero_grad."""
 
-    def __init__(self, module: Any, n_steps: int, compile_: bool = False, autocast: Any = None):
+    def __init__(self, module: Any, n_steps: int, compile_: bool = False, autocast: Any = None,
+                 fast_dropout: bool = False):
         import torch
 
         import overhead
+        from lmlab.techniques.cpu_dropout import use_fast_cpu_dropout
 
         copy_ = overhead.module_copy(module)
+        if fast_dropout:
+            use_fast_cpu_dropout(copy_.model)
         self.model = copy_.model.train()
         self.optimizer, self.scheduler = overhead.task_optimizer(copy_, n_steps)
         # dynamic=True: one graph for every batch length (grouped batches vary), not a recompile per new shape
@@ -160,8 +171,10 @@ def run_variant(name: str, module: Any, batches: list[dict], args: argparse.Name
     threads = torch.get_num_threads()
     if name.endswith("1thread"):
         torch.set_num_threads(1)
-    step = Step(module, len(batches), compile_=name.startswith("compile"),
-                autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None)
+    compile_ = name.startswith("compile")
+    step = Step(module, len(batches), compile_=compile_,
+                autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None,
+                fast_dropout=not compile_ and not name.endswith("torch_dropout"))
     if name.startswith("bf16"):  # slow on CPUs without native bf16: a few timed steps are enough to see it
         batches = batches[: args.warmup + min(args.steps, args.bf16_steps)]
     torch.manual_seed(args.seed)
@@ -181,7 +194,7 @@ def profile_top_ops(module: Any, batches: list[dict], warmup: int, rows: int = 1
     """torch.profiler's top ops over the first six timed steps (after ``warmup`` untimed ones)."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = Step(module, len(batches))
+    step = Step(module, len(batches), fast_dropout=True)
     for batch in batches[:warmup]:  # the first steps fault in fresh memory (optimizer state, gradients)
         step(batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -236,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"goal >= 0.50; non-embedding params vs the {dtype} peak; counting the embedding table too: "
                  f"{rate_of[name] / dtype_peak:.3f}; {rate_of[name] / base_rate:.2f}x the speed of {args.variants[0]}")
         diff = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(r["losses"], base["losses"], strict=False))
-        c.result(f"loss_max_rel_diff_{name}", f"{diff:.2e}", f"info: vs {args.variants[0]}, {len(r['losses'])} steps")
+        mean = sum(r["losses"]) / len(r["losses"])
+        c.result(f"loss_max_rel_diff_{name}", f"{diff:.2e}",
+                 f"info: vs {args.variants[0]}, {len(r['losses'])} steps; mean loss {mean:.4f}")
     best, fastest = max(mfu_of, key=mfu_of.get), max(rate_of, key=rate_of.get)
     c.result("mfu_best", f"{mfu_of[best]:.3f}", f"goal >= 0.50; {best}")
     c.result("fastest_variant", fastest, f"info: {rate_of[fastest] / base_rate:.2f}x the speed of {args.variants[0]}")

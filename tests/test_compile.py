@@ -47,7 +47,8 @@ def test_compiled_clm_trains_to_eager_numbers_keeps_parameter_names_and_generate
     # fp32: under bf16 autocast (precision=auto on an AMX CPU) AOTAutograd's graph rounds at other points than
     # eager mode (val loss 6e-5 apart), so "equal numbers" holds in fp32 only.
     fp32 = "trainer.precision=32-true"
-    eager, _ = train_clm(tmp_path / "eager", fp32)
+    # Compiled graphs keep torch's dropout (model.cpu_dropout applies to eager models only): the same masks here.
+    eager, _ = train_clm(tmp_path / "eager", fp32, "model.cpu_dropout=torch")
     compiled, output = train_clm(tmp_path / "compiled", fp32, *AOT)
     assert "model.compile: torch.compile(backend=aot_eager, mode=None) of GPT2LMHeadModel" in output
     # Generation at each validation end runs eagerly: it must not use up dynamo's recompile limit (training and

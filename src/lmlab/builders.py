@@ -69,6 +69,10 @@ def build_task_module(cfg: DictConfig, config: dict[str, Any], label_names: list
     from lmlab.techniques.peft_support import wrap_model
 
     model, peft_info = wrap_model(cfg, model)  # (model, None) unchanged when peft is off
+    if cfg.model.get("cpu_dropout", "fast") == "fast" and not cfg.model.compile:
+        from lmlab.techniques.cpu_dropout import use_fast_cpu_dropout
+
+        use_fast_cpu_dropout(model)  # after peft: its LoRA dropouts too
     extra = {"tokenizer": tokenizer} if getattr(module_cls, "needs_tokenizer", False) else {}
     module = module_cls(model, config, label_names, **extra)
     if peft_info is not None:

@@ -40,6 +40,7 @@ class ModelConfig:
     init_from: str | None = None
     train_mode: bool = True
     attn_implementation: str | None = None  # None: transformers' choice (sdpa where the model supports it)
+    cpu_dropout: str = "fast"  # fast | torch: dropout masks on CPU (techniques/cpu_dropout.py)
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"

@@ -99,6 +99,7 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
     if has_config and "model_type" not in (_get(cfg, "model.from_config") or {}):
         problems.append("model.from_config needs a model_type (bert, gpt2, t5, ...).")
     _check_choice(problems, cfg, "model.attn_implementation", ATTENTION)
+    _check_choice(problems, cfg, "model.cpu_dropout", ("fast", "torch"))
     _check_choice(problems, cfg, "model.compile_mode", COMPILE_MODES)
 
 

@@ -14,7 +14,7 @@
    looked up, not multiplied (a classifier has no output softmax over the vocabulary), so counting it would
    credit the step with FLOPs it never runs; that figure is printed as info. A bf16 variant is measured against
    the bf16 peak (its matmuls run in bf16), not the fp32 one.
-3. Variants, each from the same initial weights, seed and batches: eager fp32 (torch's default threads),
+3. Variants, each from the same initial weights, seed and batches, their steps interleaved: eager fp32 (torch's default threads),
    eager fp32 with 1 thread, bf16 autocast (all steps with native bf16; without it at most --bf16-steps: slow),
    torch.compile (fp32; compile time excluded, printed). Eager variants use lmlab's default CPU dropout
    (model.cpu_dropout=fast); the *_torch_dropout ones torch's own (model.cpu_dropout=torch), and compiled
@@ -164,30 +164,42 @@ class Step:
         return loss.item()
 
 
-def run_variant(name: str, module: Any, batches: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """Train a fresh copy of the module's model on the batches; timings of the last ``args.steps`` steps."""
+def run_variants(names: list[str], module: Any, batches: list[dict], args: argparse.Namespace) -> dict[str, dict]:
+    """Train a fresh copy of the module's model per variant on the same batches, steps interleaved: at each batch
+    every variant runs its step (the order rotated from batch to batch), so all of them see the same machine speed
+    (on a shared 2-core machine the speed drifts by 10-20 % over minutes). Each variant keeps its own RNG stream,
+    so its dropout masks are those it would draw running alone. Timings of the last ``args.steps`` steps."""
     import torch
 
     threads = torch.get_num_threads()
-    if name.endswith("1thread"):
-        torch.set_num_threads(1)
-    compile_ = name.startswith("compile")
-    step = Step(module, len(batches), compile_=compile_,
-                autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None,
-                fast_dropout=not compile_ and not name.endswith("torch_dropout"))
-    if name.startswith("bf16"):  # slow on CPUs without native bf16: a few timed steps are enough to see it
-        batches = batches[: args.warmup + min(args.steps, args.bf16_steps)]
     torch.manual_seed(args.seed)
-    losses, times = [], []
+    seeded = torch.get_rng_state()
+    runs = {}
+    for name in names:
+        compile_ = name.startswith("compile")
+        step = Step(module, len(batches), compile_=compile_,
+                    autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None,
+                    fast_dropout=not compile_ and not name.endswith("torch_dropout"))
+        # bf16 without native support is slow: a few timed steps are enough to see it
+        limit = args.warmup + min(args.steps, args.bf16_steps) if name.startswith("bf16") else len(batches)
+        runs[name] = {"step": step, "rng": seeded.clone(), "limit": limit, "losses": [], "times": [],
+                      "threads": 1 if name.endswith("1thread") else threads}
     try:
-        for batch in batches:
-            t = time.perf_counter()
-            losses.append(step(batch))
-            times.append(time.perf_counter() - t)
+        for i, batch in enumerate(batches):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                r = runs[name]
+                if i >= r["limit"]:
+                    continue
+                torch.set_rng_state(r["rng"])
+                torch.set_num_threads(r["threads"])
+                t = time.perf_counter()
+                r["losses"].append(r["step"](batch))
+                r["times"].append(time.perf_counter() - t)
+                r["rng"] = torch.get_rng_state()
     finally:
         torch.set_num_threads(threads)
-    return {"losses": losses, "times": times, "warmup_s": sum(times[: args.warmup]),
-            "timed_s": sum(times[args.warmup:])}
+    return {name: {"losses": r["losses"], "times": r["times"], "warmup_s": sum(r["times"][: args.warmup]),
+                   "timed_s": sum(r["times"][args.warmup:])} for name, r in runs.items()}
 
 
 def profile_top_ops(module: Any, batches: list[dict], warmup: int, rows: int = 14) -> None:
@@ -230,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     c.result("matmul_peak_bf16_gflops", f"{bf16 / 1e9:.1f}", f"info: fastest bf16 model shape, {bf16 / peak:.2f}x fp32")
     rate_of = {}  # variant -> model FLOP/s (all params), over the batches it ran
     print("-- 2./3. MiniLM training steps --", flush=True)
-    results: dict[str, dict[str, Any]] = {}
-    for name in args.variants:
-        results[name] = r = run_variant(name, module, batches, args)
+    results = run_variants(args.variants, module, batches, args)
+    for name, r in results.items():
         ran = timed[: len(r["times"]) - args.warmup]
         r["flops"], r["flops_nonembed"] = model_flops(model, ran)
         r["samples"] = len(ran) * args.batch_size

@@ -120,3 +120,17 @@ def test_overhead_with_the_train_callbacks_keeps_identical_weights_and_names_its
             "logger csv (--callbacks train)") in proc.stdout
     assert "callbacks_weights_max_abs_diff_after_round1: 0.00e+00 (" in proc.stdout
     assert "\ncallbacks_lightning_overhead_pct: " in proc.stdout and "\nlightning_overhead_pct: " not in proc.stdout
+
+
+def test_mfu_interleaves_variants_each_on_its_own_dropout_stream(tmp_path: Path) -> None:
+    """Variants run their steps interleaved (same machine speed for all); each keeps its RNG stream, so the 1-thread
+    variant draws eager fp32's masks (losses equal up to summation order), while torch's dropout draws others."""
+    proc = subprocess.run([sys.executable, str(BENCH / "mfu.py"), "--quick", "--mm-repeats", "1",
+                           "--variants", "eager_fp32,eager_fp32_1thread,eager_fp32_torch_dropout"],
+                          capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="2"), timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("loss_max_rel_diff_"))
+    same = float(figures["loss_max_rel_diff_eager_fp32_1thread"].split()[0])
+    other = float(figures["loss_max_rel_diff_eager_fp32_torch_dropout"].split()[0])
+    assert same < 1e-5 and other > 1e-3, figures
+    assert "mfu_eager_fp32_torch_dropout: " in proc.stdout

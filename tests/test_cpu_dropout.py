@@ -180,3 +180,15 @@ def test_cpu_dropout_choice_is_checked_at_validation(tmp_path: Path):
         compose_train(["model=tiny_bert", "task=sequence_classification", "data=sst2", "model.cpu_dropout=fastest"],
                       tmp_path, check=True)
     assert "model.cpu_dropout='fastest' is not a valid choice" in str(err.value) and "fast, torch" in str(err.value)
+
+
+def test_a_run_resumed_in_its_own_dir_keeps_the_dropout_it_started_with(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from lmlab.train import settle_cpu_dropout
+
+    cfg = OmegaConf.create({"model": {"cpu_dropout": "fast"}})
+    assert settle_cpu_dropout(cfg, None) == "fast"  # a new run: the config's choice
+    assert settle_cpu_dropout(cfg, {"precision": {"used": "32-true"}, "cpu_dropout": "fast"}) == "fast"
+    # run.json of a run that began before model.cpu_dropout existed: it drew torch's masks
+    assert settle_cpu_dropout(cfg, {"precision": {"used": "32-true"}}) == "torch" == cfg.model.cpu_dropout

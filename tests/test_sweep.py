@@ -84,3 +84,22 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes(workdir: Path):
     metas = [read_json(sweep / j / "run.json") for j in ("0", "1", "2")]
     assert all(m["status"] == "completed" for m in metas)
     assert read_json(sweep / "summary.json")["completed"] == 3
+
+
+def test_reproduce_of_a_run_from_before_cpu_dropout_uses_torch_dropout(workdir: Path):
+    """A run dir written before model.cpu_dropout existed (no key in its config, no record in run.json) trained with
+    torch's dropout: the re-run is pinned to it, so the numbers still match exactly."""
+    import yaml
+
+    run_lmlab("train", *SMALL, "seed=5", "model.cpu_dropout=torch", cwd=workdir)
+    (run,) = (workdir / "outputs" / "sequence_classification" / "runs").iterdir()
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    del config["model"]["cpu_dropout"]
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    meta = read_json(run / "run.json")
+    del meta["cpu_dropout"]
+    (run / "run.json").write_text(json.dumps(meta))
+    proc = run_lmlab("reproduce", str(run), cwd=workdir)
+    assert "model.cpu_dropout=torch" in proc.stdout and "largest |delta|: 0" in proc.stdout
+    (repro,) = [p for p in run.parent.iterdir() if p.name.startswith(f"{run.name}-repro-")]
+    assert read_json(repro / "run.json")["cpu_dropout"] == "torch"

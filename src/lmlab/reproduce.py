@@ -90,12 +90,20 @@ def pinned_precision(run_dir: Path) -> list[str]:
     return [f"trainer.precision={precision['used']}"] if precision.get("requested") == "auto" else []
 
 
+def pinned_cpu_dropout(run_dir: Path) -> list[str]:
+    """Runs from before model.cpu_dropout existed (no record in run.json) drew torch's dropout masks: the re-run
+    must too, or its numbers would differ by dropout noise."""
+    meta = json.loads((run_dir / "run.json").read_text())
+    return [] if "cpu_dropout" in meta else ["++model.cpu_dropout=torch"]  # ++: added (the saved config lacks the key)
+
+
 def reproduce(run_dir: Path) -> dict[str, Any]:
     run_dir = run_dir.resolve()
     check_run_dir(run_dir)
     new_dir = run_dir.parent / f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     cmd = [sys.executable, "-m", "lmlab", "train", "--config-path", str(run_dir / ".hydra"),
-           "--config-name", "config", f"hydra.run.dir={new_dir}", "resume=null", *pinned_precision(run_dir)]
+           "--config-name", "config", f"hydra.run.dir={new_dir}", "resume=null", *pinned_precision(run_dir),
+           *pinned_cpu_dropout(run_dir)]
     print("running:", " ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd)
     if proc.returncode != 0 or not (new_dir / "metrics.json").is_file():

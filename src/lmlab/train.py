@@ -65,6 +65,18 @@ def settle_precision(cfg: DictConfig, started: dict[str, Any] | None) -> dict[st
     return {"requested": "auto", "used": used, "why": why}
 
 
+def settle_cpu_dropout(cfg: DictConfig, previous: dict[str, Any] | None) -> str:
+    """A run continuing in its own dir keeps the CPU dropout it started with: one that began before
+    model.cpu_dropout existed (run.json has no record of it) drew torch's masks. Returns the value to record."""
+    from omegaconf import open_dict
+
+    if previous and previous.get("precision") and "cpu_dropout" not in previous:
+        with open_dict(cfg):
+            cfg.model.cpu_dropout = "torch"
+        log.info("model.cpu_dropout=torch: the dropout this run started with (it predates model.cpu_dropout)")
+    return str(cfg.model.get("cpu_dropout", "fast"))  # .get: a saved config from before the key lacks it
+
+
 def _share_cores_with_parallel_jobs() -> None:
     """Under a parallel launcher (hydra/launcher=local_parallel), give each job cores / n_jobs threads:
     torch's default of one thread per core in every job oversubscribes the CPU and slows all of them."""
@@ -144,10 +156,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     previous = run.read_meta()
     wandb_id = previous.get("wandb_id") or secrets.token_hex(4)
     precision = settle_precision(cfg, previous.get("precision") if same_dir else None)
+    cpu_dropout = settle_cpu_dropout(cfg, previous if same_dir else None)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run.start(cfg, command="lmlab train " + shlex.join(sys.argv[1:]), overrides=overrides,
               resumed=resume_ckpt is not None)
-    run.update_meta(wandb_id=wandb_id, precision=precision)
+    run.update_meta(wandb_id=wandb_id, precision=precision, cpu_dropout=cpu_dropout)
     config = plain_config(cfg)
     loggers: list[Any] = []
     failed, error, status = True, None, "failed"

@@ -14,9 +14,9 @@
    looked up, not multiplied (a classifier has no output softmax over the vocabulary), so counting it would
    credit the step with FLOPs it never runs; that figure is printed as info. A bf16 variant is measured against
    the bf16 peak (its matmuls run in bf16), not the fp32 one.
-3. Variants, each from the same initial weights, seed and batches, their steps interleaved: eager fp32 (torch's default threads),
-   eager fp32 with 1 thread, bf16 autocast (all steps with native bf16; without it at most --bf16-steps: slow),
-   torch.compile (fp32; compile time excluded, printed). Eager variants use lmlab's default CPU dropout
+3. Variants, each from the same initial weights, seed and batches, their steps interleaved: eager fp32 (torch's
+   default threads), eager fp32 with 1 thread, bf16 autocast (all steps with native bf16; without it at most
+   --bf16-steps: slow), torch.compile (fp32; compile time excluded, printed). Eager variants use lmlab's default CPU dropout
    (model.cpu_dropout=fast); the *_torch_dropout ones torch's own (model.cpu_dropout=torch), and compiled
    graphs inductor's, as in `lmlab train`. Each one's losses are compared with eager fp32's: equal for the same
    dropout masks, within dropout's noise for other masks (max relative loss difference, and the mean loss).
@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--variants", default=None, help=f"comma list of {VARIANTS} (quick: no compile)")
     p.add_argument("--mm-repeats", type=int, default=None, help="timed repeats per matmul shape (default 20)")
-    p.add_argument("--bf16-steps", type=int, default=None, help="timed steps of the bf16 variants at most (default: all with native bf16, else 6; quick 1)")
+    p.add_argument("--bf16-steps", type=int, default=None,
+                   help="timed steps of the bf16 variants at most (default: all with native bf16, else 6; quick 1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script")
     args = p.parse_args(argv)

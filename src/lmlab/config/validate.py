@@ -22,6 +22,7 @@ NER_METRIC_MODES = ("conlleval", "strict")
 SCHEDULERS = ("linear", "cosine", "constant")
 # transformers' attention kernels (flash_attention_2 needs the flash-attn package and a GPU)
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+CPU_DROPOUT = ("fast", "torch")  # techniques/cpu_dropout.py
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MONITOR_MODES = ("min", "max")
 # Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT_STR), listed here to stay import-free.
@@ -99,7 +100,7 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
     if has_config and "model_type" not in (_get(cfg, "model.from_config") or {}):
         problems.append("model.from_config needs a model_type (bert, gpt2, t5, ...).")
     _check_choice(problems, cfg, "model.attn_implementation", ATTENTION)
-    _check_choice(problems, cfg, "model.cpu_dropout", ("fast", "torch"))
+    _check_choice(problems, cfg, "model.cpu_dropout", CPU_DROPOUT)
     _check_choice(problems, cfg, "model.compile_mode", COMPILE_MODES)
 
 

@@ -21,6 +21,7 @@ transformers' AttentionInterface) runs that same math path itself with this drop
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -39,9 +40,7 @@ def _is_fast_path(x: torch.Tensor) -> bool:
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
     """(bool mask of elements kept with probability 1 - p rounded to 1/65536, the scale 1 / that probability)."""
     drop_levels = round(p * _LEVELS)
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     # random_(int64 min, None): the full 64-bit range from one random64 draw per element (not 63 bits).
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)
     uniform16 = bits.view(torch.int16)[:n].view(shape)  # four independent uniforms in [-32768, 32767] per draw

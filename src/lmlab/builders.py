@@ -131,8 +131,13 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
 
     # `lmlab train` settles auto before recording the config (train.settle_precision); other callers get it here.
     precision = concrete(cfg.trainer.precision, str(cfg.trainer.accelerator))
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("profiler") is None:  # no profiler asked for: none of Lightning's per-hook contexts
+        from lmlab.profiling import NoOpProfiler
+
+        extra["profiler"] = NoOpProfiler()
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
-                       precision=precision, _convert_="object")
+                       precision=precision, _convert_="object", **extra)
 
 
 GROUP_SECTIONS = {"debug": "trainer"}  # a group whose options write into another section
@@ -207,11 +212,12 @@ def build_eval_trainer(run_cfg: DictConfig, output_dir: str, precision: Any = No
     import lightning as L
 
     from lmlab.precision import concrete
+    from lmlab.profiling import NoOpProfiler
 
     t = run_cfg.trainer
     precision = concrete(t.precision if precision is None else precision, str(t.accelerator))
     return L.Trainer(accelerator=t.accelerator, devices=1, precision=precision, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=bool(t.enable_progress_bar),
-                     enable_model_summary=False, default_root_dir=output_dir,
+                     profiler=NoOpProfiler(), enable_checkpointing=False,
+                     enable_progress_bar=bool(t.enable_progress_bar), enable_model_summary=False, default_root_dir=output_dir,
                      limit_test_batches=t.limit_test_batches, limit_val_batches=t.limit_val_batches,
                      limit_predict_batches=t.limit_predict_batches)

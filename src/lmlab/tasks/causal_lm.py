@@ -60,7 +60,9 @@ class CausalLMTask(LanguageModelingTask):
     def lm_step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Padding is not predicted. (GPT-2's pad id is its end-of-text id, so mask by attention, not by id.)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # (batch, seq)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        # No key/value cache: a teacher-forced pass never reads it (as in seq2seq's forward).
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                         use_cache=False)
         tokens = (labels[:, 1:] != -100).sum()  # the model shifts: position t predicts token t + 1
         return out.loss, out.loss, tokens
 

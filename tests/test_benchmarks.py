@@ -134,3 +134,8 @@ def test_mfu_interleaves_variants_each_on_its_own_dropout_stream(tmp_path: Path)
     other = float(figures["loss_max_rel_diff_eager_fp32_torch_dropout"].split()[0])
     assert same < 1e-5 and other > 1e-3, figures
     assert "mfu_eager_fp32_torch_dropout: " in proc.stdout
+    # the peak is measured before and after the steps, and the higher one counts
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("matmul_peak_fp32_gflops: "))
+    peak = float(line.split()[1])
+    before, after = (float(v) for v in line.rsplit(": ", 1)[1].rstrip(")").split(" / "))
+    assert peak == max(before, after) and min(before, after) > 0, line

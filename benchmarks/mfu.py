@@ -1,12 +1,16 @@
 """Close to the limit: the machine's dense matmul peak, and MiniLM fine-tuning's model FLOP utilisation (MFU).
 
-    python benchmarks/mfu.py            # 40 steps per variant, all variants (~5 min quiet)
+    python benchmarks/mfu.py            # 40 steps per variant, all variants (~8 min quiet, 2-3 of them compiling)
     python benchmarks/mfu.py --quick    # 4 steps (bf16: 1), no torch.compile: a smoke run
 
 1. Peak: torch.mm FLOP/s (2·M·K·N per product) for the shapes of a MiniLM step (M = batch tokens, K/N = 384 and
-   1536) and a 2048² square in fp32, best of --mm-repeats; the peak is the fastest. bf16 on the model's shapes.
-   Measured before the training steps and again after them; the higher counts (a shared machine's transient
-   slowness during one measurement would otherwise overstate every MFU).
+   1536), the fastest shape; bf16 on the same shapes. Sampled between the training steps: at every timed batch,
+   beside the variants' steps and in their rotation, each shape is multiplied twice (the first product may find
+   its operands evicted by a step) and the fastest counts; the peak is the median of these samples. So the peak
+   and the steps it divides see the same machine speed: on a shared host it drifts (seen: the fp32 peak 323
+   GFLOP/s at one time, 196 twenty minutes later), and a peak measured apart from the steps then inflates or
+   deflates every MFU. Before and after the steps the peak is also measured on its own (best of --mm-repeats,
+   plus a 2048² square in fp32) and printed as info.
 2. MFU: SST-2 training steps of MiniLM on lmlab's length-grouped batches (from lmlab's datamodule, collated
    once; data loading excluded) in a plain PyTorch loop (forward, backward, clip, optimizer and schedule from the
    task module's configure_optimizers: lmlab's fused AdamW; overhead.py measures lmlab's Trainer within ~1-2 %
@@ -18,7 +22,8 @@
    the bf16 peak (its matmuls run in bf16), not the fp32 one.
 3. Variants, each from the same initial weights, seed and batches, their steps interleaved: eager fp32 (torch's
    default threads), eager fp32 with 1 thread, bf16 autocast (all steps with native bf16; without it at most
-   --bf16-steps: slow), torch.compile (fp32; compile time excluded, printed). Eager variants use lmlab's default CPU dropout
+   --bf16-steps: slow), torch.compile in fp32 and under bf16 autocast (compile time excluded, printed). Eager
+   variants use lmlab's default CPU dropout
    (model.cpu_dropout=fast); the *_torch_dropout ones torch's own (model.cpu_dropout=torch), and compiled
    graphs inductor's, as in `lmlab train`. Each one's losses are compared with eager fp32's: equal for the same
    dropout masks, within dropout's noise for other masks (max relative loss difference, and the mean loss).
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +45,7 @@ from typing import Any
 import _common as c
 
 VARIANTS = ("eager_fp32", "eager_fp32_torch_dropout", "eager_fp32_1thread", "bf16_autocast", "bf16_torch_dropout",
-            "compile_fp32")
+            "compile_fp32", "compile_bf16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.bf16_steps = 1 if args.quick else args.steps if native_cpu_bf16() else 6
     args.mm_repeats = args.mm_repeats or (3 if args.quick else 20)
-    default = [v for v in VARIANTS if v != "compile_fp32"] if args.quick else VARIANTS
+    default = [v for v in VARIANTS if not v.startswith("compile")] if args.quick else VARIANTS
     args.variants = args.variants.split(",") if args.variants else list(default)
     return args
 
@@ -83,12 +89,41 @@ def matmul_flops(m: int, k: int, n: int, dtype: Any, repeats: int) -> float:
     return 2 * m * k * n / best
 
 
+def model_shapes(tokens: int, hidden: int, ffn: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of a MiniLM step's products: attention projections, FFN up and down."""
+    return [(tokens, hidden, hidden), (tokens, hidden, ffn), (tokens, ffn, hidden)]
+
+
+class PeakProbe:
+    """The matmul peak sampled between training steps: ``sample()`` times each shape twice (the first product
+    may find its operands evicted from cache by the step before it) and records the fastest shape's FLOP/s."""
+
+    def __init__(self, shapes: list[tuple[int, int, int]], dtype: Any):
+        import torch
+
+        gen = torch.Generator().manual_seed(0)  # the variants' RNG streams stay untouched
+        self.pairs = [(torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype))
+                      for m, k, n in shapes]
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        import torch
+
+        best = 0.0
+        for a, b in self.pairs:
+            for _ in range(2):
+                t = time.perf_counter()
+                torch.mm(a, b)
+                best = max(best, 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t))
+        self.samples.append(best)
+
+
 def matmul_peak(tokens: int, hidden: int, ffn: int, repeats: int) -> tuple[float, float]:
     """(fp32 peak over the shapes, bf16 peak over the model's shapes). bf16 gets fewer repeats and no 2048²
     square: on a CPU without native bf16 matmul (AVX2 only) it is ~25x slower than fp32."""
     import torch
 
-    shapes = [(tokens, hidden, hidden), (tokens, hidden, ffn), (tokens, ffn, hidden), (2048, 2048, 2048)]
+    shapes = [*model_shapes(tokens, hidden, ffn), (2048, 2048, 2048)]
     peaks = {}
     for dtype, dtype_shapes, n_repeats in ((torch.float32, shapes, repeats),
                                            (torch.bfloat16, shapes[:3], min(repeats, 5))):
@@ -167,11 +202,14 @@ class Step:
         return loss.item()
 
 
-def run_variants(names: list[str], module: Any, batches: list[dict], args: argparse.Namespace) -> dict[str, dict]:
+def run_variants(names: list[str], module: Any, batches: list[dict], args: argparse.Namespace,
+                 probes: dict[str, PeakProbe]) -> dict[str, dict]:
     """Train a fresh copy of the module's model per variant on the same batches, steps interleaved: at each batch
     every variant runs its step (the order rotated from batch to batch), so all of them see the same machine speed
     (on a shared 2-core machine the speed drifts by 10-20 % over minutes). Each variant keeps its own RNG stream,
-    so its dropout masks are those it would draw running alone. Timings of the last ``args.steps`` steps."""
+    so its dropout masks are those it would draw running alone. Timings of the last ``args.steps`` steps.
+    ``probes`` ("fp32", "bf16") sample the matmul peak in the same rotation at every timed batch (bf16: while a
+    bf16 variant still steps)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -181,15 +219,23 @@ def run_variants(names: list[str], module: Any, batches: list[dict], args: argpa
     for name in names:
         compile_ = name.startswith("compile")
         step = Step(module, len(batches), compile_=compile_,
-                    autocast=torch.autocast("cpu", dtype=torch.bfloat16) if name.startswith("bf16") else None,
+                    autocast=torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in name else None,
                     fast_dropout=not compile_ and not name.endswith("torch_dropout"))
         # bf16 without native support is slow: a few timed steps are enough to see it
-        limit = args.warmup + min(args.steps, args.bf16_steps) if name.startswith("bf16") else len(batches)
+        limit = args.warmup + min(args.steps, args.bf16_steps) if "bf16" in name else len(batches)
         runs[name] = {"step": step, "rng": seeded.clone(), "limit": limit, "losses": [], "times": [],
                       "threads": 1 if name.endswith("1thread") else threads}
+    bf16_limit = max([r["limit"] for name, r in runs.items() if "bf16" in name], default=0)
+    order = [*names, "peak"]
     try:
         for i, batch in enumerate(batches):
-            for name in names[i % len(names):] + names[: i % len(names)]:
+            for name in order[i % len(order):] + order[: i % len(order)]:
+                if name == "peak":
+                    if i >= args.warmup:
+                        probes["fp32"].sample()
+                        if i < bf16_limit:
+                            probes["bf16"].sample()
+                    continue
                 r = runs[name]
                 if i >= r["limit"]:
                     continue
@@ -243,17 +289,24 @@ def main(argv: list[str] | None = None) -> int:
     print("-- 1. dense matmul peak (measured before the training steps, and again after them) --", flush=True)
     before = matmul_peak(*shapes)
     rate_of = {}  # variant -> model FLOP/s (all params), over the batches it ran
-    print("-- 2./3. MiniLM training steps --", flush=True)
-    results = run_variants(args.variants, module, batches, args)
+    print("-- 2./3. MiniLM training steps, the matmul peak sampled between them --", flush=True)
+    probes = {"fp32": PeakProbe(model_shapes(*shapes[:3]), torch.float32),
+              "bf16": PeakProbe(model_shapes(*shapes[:3]), torch.bfloat16)}
+    results = run_variants(args.variants, module, batches, args, probes)
     print("-- 1. dense matmul peak, again --", flush=True)
     after = matmul_peak(*shapes)
-    # The best of both: a measurement slowed by other work on the shared cores would understate the peak and
-    # overstate every MFU (seen here: 199 GFLOP/s measured, then a model step ran at 297).
-    peak, bf16 = max(before[0], after[0]), max(before[1], after[1])
-    c.result("matmul_peak_fp32_gflops", f"{peak / 1e9:.1f}",
-             f"fastest fp32 shape, best of before/after the steps: {before[0] / 1e9:.1f} / {after[0] / 1e9:.1f}")
-    c.result("matmul_peak_bf16_gflops", f"{bf16 / 1e9:.1f}", f"info: fastest bf16 model shape, {bf16 / peak:.2f}x fp32; "
-             f"before/after: {before[1] / 1e9:.1f} / {after[1] / 1e9:.1f}")
+    # The peak the MFU divides by is the one sampled between the steps: the same machine speed as the steps (a
+    # peak measured apart, on a host whose speed drifts, moved MFU by up to ~0.1 here).
+    peak = statistics.median(probes["fp32"].samples)
+    bf16 = statistics.median(probes["bf16"].samples) if probes["bf16"].samples else max(before[1], after[1])
+    for dtype, probe, value, alone in (("fp32", probes["fp32"], peak, (before[0], after[0])),
+                                       ("bf16", probes["bf16"], bf16, (before[1], after[1]))):
+        sampled = (f"median of {len(probe.samples)} samples between the steps, range "
+                   f"{min(probe.samples) / 1e9:.1f}..{max(probe.samples) / 1e9:.1f}" if probe.samples
+                   else "no bf16 step timed: best of before/after")
+        c.result(f"matmul_peak_{dtype}_gflops", f"{value / 1e9:.1f}",
+                 f"{'' if dtype == 'fp32' else 'info: '}fastest model shape, {sampled}; measured alone before/after "
+                 f"the steps: {alone[0] / 1e9:.1f} / {alone[1] / 1e9:.1f}")
     for name, r in results.items():
         ran = timed[: len(r["times"]) - args.warmup]
         r["flops"], r["flops_nonembed"] = model_flops(model, ran)
@@ -265,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     base_rate = rate_of[args.variants[0]]
     mfu_of = {}  # variant -> non-embedding MFU against the peak of the dtype its matmuls run in
     for name, r in results.items():
-        dtype_peak, dtype = (bf16, "bf16") if name.startswith("bf16") else (peak, "fp32")
+        dtype_peak, dtype = (bf16, "bf16") if "bf16" in name else (peak, "fp32")
         mfu_of[name] = r["flops_nonembed"] / r["timed_s"] / dtype_peak
         c.result(f"mfu_{name}", f"{mfu_of[name]:.3f}",
                  f"goal >= 0.50; non-embedding params vs the {dtype} peak; counting the embedding table too: "

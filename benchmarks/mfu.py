@@ -232,6 +232,7 @@ def run_variants(names: list[str], module: Any, batches: list[dict], args: argpa
             for name in order[i % len(order):] + order[: i % len(order)]:
                 if name == "peak":
                     if i >= args.warmup:
+                        torch.set_num_threads(threads)  # not the 1-thread variant's setting
                         probes["fp32"].sample()
                         if i < bf16_limit:
                             probes["bf16"].sample()

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -149,3 +150,40 @@ def test_mfu_interleaves_variants_each_on_its_own_dropout_stream(tmp_path: Path)
     counted = float(re.search(r"mfu_eager_fp32: .*counting the embedding table too: ([\d.]+);", proc.stdout)[1])
     assert abs(counted - flops / peak) < 0.002, (counted, flops, peak)  # every MFU divides by that peak
     assert 0 < mfu < counted
+
+
+def test_mfu_samples_the_peak_with_the_default_threads_even_after_the_one_thread_variant(monkeypatch) -> None:
+    """The peak probe runs in the variants' rotation; the 1-thread variant sets torch to one thread for its step, and
+    a probe right after it must not measure a one-thread peak (which would double every MFU)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import mfu
+    finally:
+        sys.path.remove(str(BENCH))
+
+    class NoStep:  # the variants' steps are not what this checks
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __call__(self, batch: dict) -> float:
+            return 0.0
+
+    threads_at_sample: list[int] = []
+
+    class Probe:
+        samples: list[float] = []
+
+        def sample(self) -> None:
+            threads_at_sample.append(torch.get_num_threads())
+
+    monkeypatch.setattr(mfu, "Step", NoStep)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = SimpleNamespace(seed=0, warmup=1, steps=4, bf16_steps=4)
+        mfu.run_variants(["eager_fp32_1thread"], None, [{}] * 5, args, {"fp32": Probe(), "bf16": Probe()})
+    finally:
+        torch.set_num_threads(before)
+    assert threads_at_sample == [2, 2, 2, 2]  # one per timed batch, each with the default threads

@@ -86,6 +86,7 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes(workdir: Path):
     assert read_json(sweep / "summary.json")["completed"] == 3
 
 
+@pytest.mark.slow  # ~18 s: a run from an older version; the default suite keeps test_reproduce_gives_delta_zero
 def test_reproduce_of_a_run_from_before_cpu_dropout_uses_torch_dropout(workdir: Path):
     """A run dir written before model.cpu_dropout existed (no key in its config, no record in run.json) trained with
     torch's dropout: the re-run is pinned to it, so the numbers still match exactly."""

@@ -76,6 +76,7 @@ def test_a_run_records_what_auto_became_and_trains_in_it(workdir: Path):
     assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.precision == "auto"  # what was asked
 
 
+@pytest.mark.slow  # ~20 s: two trainings (a run, then its resume as if it had started on other hardware)
 def test_resume_keeps_the_precision_the_run_started_with(workdir: Path):
     run_lmlab("train", *tiny(), cwd=workdir)
     (run,) = run_dirs(workdir)
@@ -109,6 +110,7 @@ def test_logger_none_runs_with_the_default_callbacks(workdir: Path):
     assert not (run / "logs" / "metrics.csv").exists()
 
 
+@pytest.mark.slow  # ~26 s, 3 trainings: the NaN guard off under bf16 (not the default); test_reliability checks clipping by default
 def test_bf16_mixed_clips_with_the_fused_optimizer_when_the_nan_guard_is_off(workdir: Path):
     """Lightning refuses to clip for a fused optimizer under any mixed precision (Lightning-AI/pytorch-lightning
     #21435: meant for fp16's GradScaler); lmlab clips bf16-mixed as fp32 does, the same as its NaN guard's clipping."""

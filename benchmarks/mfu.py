@@ -75,18 +75,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- 1. matmul peak -----------------------------------------------------------------------------------------
 
+def timed_mm_flops(a: Any, b: Any, repeats: int) -> float:
+    """FLOP/s (2·M·K·N per product) of the fastest of ``repeats`` timed ``a @ b``."""
+    import torch
+
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
+
+
 def matmul_flops(m: int, k: int, n: int, dtype: Any, repeats: int) -> float:
     import torch
 
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     for _ in range(2):
         torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * n / best
+    return timed_mm_flops(a, b, repeats)
 
 
 def model_shapes(tokens: int, hidden: int, ffn: int) -> list[tuple[int, int, int]]:
@@ -107,15 +114,7 @@ class PeakProbe:
         self.samples: list[float] = []
 
     def sample(self) -> None:
-        import torch
-
-        best = 0.0
-        for a, b in self.pairs:
-            for _ in range(2):
-                t = time.perf_counter()
-                torch.mm(a, b)
-                best = max(best, 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t))
-        self.samples.append(best)
+        self.samples.append(max(timed_mm_flops(a, b, repeats=2) for a, b in self.pairs))
 
 
 def matmul_peak(tokens: int, hidden: int, ffn: int, repeats: int) -> tuple[float, float]:

@@ -3,11 +3,13 @@ No timings are asserted (figures come from benchmarks/run_all.py and are recorde
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,15 @@ from tests.conftest import REPO, cli_env
 BENCH = REPO / "benchmarks"
 SCRIPTS = ["run_all.py", "startup.py", "overhead.py", "hf_trainer.py", "mfu.py", "inference.py", "corpus.py",
            "gpu_clm.py", "cache_probe.py"]
+
+
+def bench_module(name: str) -> Any:
+    """A module of benchmarks/, imported as its scripts import each other (benchmarks/ on sys.path)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -60,11 +71,7 @@ def test_gpu_benchmark_runs_both_programs_end_to_end_on_cpu(tmp_path: Path) -> N
 
 def test_cpu_seconds_of_a_process_tree_count_each_process_once() -> None:
     """A child that burns ~1 CPU second and exits must add ~1 s, not 2 (its parent's children_* fields repeat it)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from _common import PeakRSS
-    finally:
-        sys.path.remove(str(BENCH))
+    PeakRSS = bench_module("_common").PeakRSS
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass\n"
     parent = f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {burn!r}])\ntime.sleep(0.3)\n"
     proc = subprocess.Popen([sys.executable, "-c", parent])
@@ -157,11 +164,7 @@ def test_mfu_samples_the_peak_with_the_default_threads_even_after_the_one_thread
     a probe right after it must not measure a one-thread peak (which would double every MFU)."""
     import torch
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        import mfu
-    finally:
-        sys.path.remove(str(BENCH))
+    mfu = bench_module("mfu")
 
     class NoStep:  # the variants' steps are not what this checks
         def __init__(self, *args: object, **kwargs: object) -> None:

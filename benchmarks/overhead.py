@@ -172,28 +172,9 @@ def rounds_for(args: argparse.Namespace) -> int:
 
 def compose_config(overrides: list[str], workdir: Path) -> Any:
     """Compose `train` with overrides and resolve it with the run-time paths Hydra would set."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, read_write
+    from lmlab.config.compose import compose_job
 
-    from lmlab.config import resolvers, schema
-    from lmlab.config.locate import config_dir
-    from lmlab.config.validate import validate
-
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with read_write(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(workdir / "run")
-        cfg.hydra.runtime.cwd = str(REPO)
-    HydraConfig.instance().set_config(cfg)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(job)
-    validate(job)
-    return job
+    return compose_job(overrides, output_dir=workdir / "run")
 
 
 def overrides_for(args: argparse.Namespace, steps: int, **extra: Any) -> list[str]:

@@ -97,26 +97,6 @@ def tiny(*extra: str) -> list[str]:
 def compose_train(overrides: list[str], tmp_path: Path, check: bool = False):
     """`lmlab train OVERRIDES --cfg job` in-process, resolved with the run-time paths Hydra would set
     (``check``: also run lmlab's semantic validation, as the CLI does before building)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, read_write
+    from lmlab.config.compose import compose_job
 
-    from lmlab.config import resolvers, schema
-    from lmlab.config.locate import config_dir
-    from lmlab.config.validate import validate
-
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with read_write(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.cwd = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(job)
-    if check:
-        validate(job)
-    return job
+    return compose_job(overrides, output_dir=tmp_path / "run", check=check)

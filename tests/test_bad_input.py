@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lmlab.config import resolvers, schema
+from lmlab.config.compose import compose_config
 from lmlab.config.locate import config_dir
 from lmlab.config.schema import DataConfig
 from lmlab.config.validate import validate
@@ -300,14 +298,6 @@ def test_headerless_csv_with_column_names_keeps_its_first_row(tmp_path, tokenize
 
 
 # -- config values: one ConfigError from lmlab.config.validate listing key, value and fix --------------
-def _compose(overrides: list[str]):
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 @pytest.mark.parametrize(("overrides", "fragments"), [
     pytest.param(["data=local", "data.has_header=false"],
                  ["data.has_header=false needs data.column_names", "Fix: `data.column_names=[text,label]`"],
@@ -327,7 +317,7 @@ def _compose(overrides: list[str]):
 ])
 def test_bad_config_value_raises_one_config_error(overrides, fragments):
     with pytest.raises(ConfigError) as err:
-        validate(_compose(overrides))
+        validate(compose_config("train", overrides))
     assert len(err.value.problems) == 1, err.value.problems
     assert_mentions(str(err.value), fragments)
 

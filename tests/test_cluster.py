@@ -40,21 +40,10 @@ def _jobs(workdir: Path) -> tuple[Path, list[Path]]:
 
 
 def test_slurm_launcher_config_sets_one_task_per_gpu_and_follows_trainer_nodes(tmp_path: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from lmlab.config.compose import compose_config
 
-    from lmlab.cluster import register_launcher_schemas
-    from lmlab.config import resolvers, schema
-    from lmlab.config.locate import config_dir
-
-    schema.register()
-    resolvers.register()
-    register_launcher_schemas()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2",
-                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+    cfg = compose_config("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2",
+                                   "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"], hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.lmlab_submitit.launcher.SlurmLauncher"
     assert (launcher.tasks_per_node, launcher.nodes, launcher.partition) == (4, 2, "gpu")

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lmlab.config import resolvers, schema
+from lmlab.config.compose import compose_config, resolve_job
 from lmlab.config.locate import config_dir
 from lmlab.config.validate import validate
 from lmlab.errors import ConfigError
 
-from .conftest import DATA_ROOT, REPO
+from .conftest import DATA_ROOT, REPO, cli_env
 
 CONF = config_dir()
 GROUPS = ["task", "model", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths",
@@ -27,26 +26,14 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").rglob("*.yaml"))
 
 
 def _compose(overrides: list[str], name: str = "train"):
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(name, overrides=overrides, return_hydra_config=True)
-    return cfg
+    return compose_config(name, overrides, hydra=True)
 
 
 def _resolved(cfg, tmp_path: Path):
-    """Resolve with the run-time paths Hydra would set (output dir, cwd)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
-
-    with read_write(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.runtime.cwd = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.resolve(job)
-    job.hydra_choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    """Resolve with the run-time paths Hydra would set (output dir, cwd); keep the group choices to assert on."""
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    job = resolve_job(cfg, tmp_path / "run")
+    job.hydra_choices = choices
     return job
 
 
@@ -147,6 +134,39 @@ def test_cfg_job_prints_config_without_heavy_imports(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert "seed: 7" in proc.stdout
     assert "HEAVY []" in proc.stderr
+
+
+def test_compose_job_is_the_cli_config_in_process_without_heavy_imports(tmp_path: Path):
+    """lmlab.config.compose (tests, benchmarks, notebooks): the config `lmlab train ... --cfg job --resolve`
+    prints, with the run-time paths resolved and validated, and without importing torch."""
+    overrides = ["experiment=mrpc_minilm", "optimizer.lr=3e-5"]
+    code = ("import json, sys; from omegaconf import OmegaConf; from lmlab.config.compose import compose_job;"
+            f"cfg = compose_job({overrides!r}, output_dir='RUN');"
+            "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets') if m in sys.modules];"
+            "print(json.dumps({'cfg': OmegaConf.to_container(cfg), 'heavy': heavy}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                          check=True)
+    composed = json.loads(proc.stdout)
+    cfg = composed["cfg"]
+    assert composed["heavy"] == []
+    assert cfg["optimizer"]["lr"] == 3e-5 and cfg["data"]["root"] == f"{DATA_ROOT}/glue-mrpc"
+    assert (cfg["paths"]["output_dir"], cfg["paths"]["log_dir"]) == ("RUN", f"{tmp_path}/outputs")
+    cli = subprocess.run([sys.executable, "-m", "lmlab", "train", "--cfg", "job", "--resolve", *overrides],
+                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, check=True)
+    printed = OmegaConf.to_container(OmegaConf.create(cli.stdout))
+    # The run dir exists only once a job runs: the CLI prints null where compose_job has the given one.
+    assert (cfg["trainer"].pop("default_root_dir"), printed["trainer"].pop("default_root_dir")) == ("RUN", None)
+    assert cfg["callbacks"]["checkpoint"]["dirpath"] == "RUN/checkpoints"
+    for section in ("task", "model", "data", "optimizer", "scheduler", "trainer", "finetune", "peft"):
+        assert cfg[section] == printed[section], section
+
+
+def test_compose_job_validates_like_the_cli(tmp_path: Path):
+    from lmlab.config.compose import compose_job
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=0"):
+        compose_job(["data.batch_size=0"], output_dir=tmp_path / "run")
+    assert compose_job(["data.batch_size=0"], output_dir=tmp_path / "run", check=False).data.batch_size == 0
 
 
 def test_cli_typo_exits_nonzero_with_the_key_named(tmp_path: Path):

@@ -7,12 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lmlab.config import resolvers, schema
-from lmlab.config.locate import config_dir
+from lmlab.config.compose import compose_config
 from lmlab.config.validate import validate
 from lmlab.errors import ConfigError
 from lmlab.tasks.base import TaskModule
@@ -119,14 +116,6 @@ def test_seq_and_token_classification_recheck_ties():
     assert load_task("sequence_classification")[0].rechecks_ties
     assert load_task("token_classification")[0].rechecks_ties
     assert not load_task("seq2seq")[0].rechecks_ties
-
-
-def compose_config(name: str, overrides: list[str]):
-    schema.register()
-    resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=overrides)
 
 
 def test_predict_config_defaults_compose():

@@ -181,15 +181,12 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
     """Compose ``config_name`` from lmlab's config tree (plus --config-dir/searchpath) and run ``task``."""
     import hydra
 
-    from lmlab.cluster import register_launcher_schemas
-    from lmlab.config import resolvers, schema
+    from lmlab.config.compose import register_config_nodes
     from lmlab.config.locate import config_dir
     from lmlab.config.validate import validate
     from lmlab.errors import LmlabError
 
-    schema.register()
-    resolvers.register()
-    register_launcher_schemas()  # hydra/launcher=slurm|submitit_local build on submitit's schemas
+    register_config_nodes()
     if not _is_child_rank():
         try:
             _refuse_existing_run_dir(sys.argv[1:])

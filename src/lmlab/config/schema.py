@@ -338,7 +338,8 @@ class PathsConfig:
     root_dir: str = MISSING
     data_root: str = MISSING
     log_dir: str = MISSING
-    output_dir: str = MISSING
+    # None only where Hydra runs no job: `--cfg job --resolve` prints the config without a run dir.
+    output_dir: str | None = MISSING
     cache_dir: str = MISSING
 
 

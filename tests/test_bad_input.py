@@ -299,7 +299,7 @@ def test_headerless_csv_with_column_names_keeps_its_first_row(tmp_path, tokenize
 
 # -- config values: one ConfigError from lmlab.config.validate listing key, value and fix --------------
 @pytest.mark.parametrize(("overrides", "fragments"), [
-    pytest.param(["data=local", "data.has_header=false"],
+    pytest.param(["data=local", "data.files.train=a.csv", "data.files.validation=b.csv", "data.has_header=false"],
                  ["data.has_header=false needs data.column_names", "Fix: `data.column_names=[text,label]`"],
                  id="has_header_false_without_column_names"),
     pytest.param(["data.batch_size=-8"], ["data.batch_size=-8 must be > 0", "Fix: `data.batch_size="],
@@ -320,6 +320,37 @@ def test_bad_config_value_raises_one_config_error(overrides, fragments):
         validate(compose_config("train", overrides))
     assert len(err.value.problems) == 1, err.value.problems
     assert_mentions(str(err.value), fragments)
+
+
+@pytest.mark.parametrize(("name", "overrides", "fragments"), [
+    pytest.param("train", ["data=local"], ["data.files.train is not set", "data.files.validation is not set",
+                                           "Fix: `data.files.train=<a file, relative to data.root="],
+                 id="local_data_without_files"),
+    pytest.param("train", ["data=local", "data.files.train=a.csv", "data.files.validation=null"],
+                 ["data.files.validation is not set", "selects checkpoints on a validation file"],
+                 id="local_data_without_validation"),
+    pytest.param("predict", ["ckpt_path=x.ckpt"], ["input is required and not set", "Fix: `input=<a file",
+                                                   "output is required and not set", "Fix: `output=<"],
+                 id="predict_without_input_output"),
+    pytest.param("generate", [], ["ckpt_path is required and not set", "Fix: `ckpt_path=<RUN_DIR/checkpoints",
+                                  "prompt is required and not set"], id="generate_without_ckpt_prompt"),
+])
+def test_required_values_left_unset_are_named_with_the_fix(name, overrides, fragments):
+    """Each unset required value is a problem of its own (before: a TypeError deep in the model build for
+    data=local without files, OmegaConf's MissingMandatoryValue for predict without input)."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(name, overrides))
+    assert len(err.value.problems) == sum("not set" in f for f in fragments), err.value.problems
+    assert_mentions(str(err.value), fragments)
+
+
+def test_cli_train_on_local_data_without_files_fails_before_any_build(tmp_path: Path):
+    proc = run_lmlab("train", "data=local", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # 2: a config error
+    assert "data.files.train is not set" in proc.stderr and "data.files.validation is not set" in proc.stderr
+    (run,) = run_dirs(tmp_path)  # Hydra makes the dir before the job validates: its config and the log only
+    assert {p.name for p in run.iterdir()} == {".hydra", "train.log"}
+    assert "data.files.train is not set" in (run / "train.log").read_text()
 
 
 # -- model paths: ModelLoadError naming the path and model.name_or_path ---------------------------------

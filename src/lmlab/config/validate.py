@@ -49,6 +49,34 @@ def _check_positive(problems: list[str], cfg: DictConfig, key: str, allow_zero: 
         problems.append(f"{key}={value} must be {bound}. Fix: `{key}=<a value {bound}>`.")
 
 
+# What to give for a required value (??? in a command's YAML) left unset, by key.
+REQUIRED_HINTS = {
+    "ckpt_path": "RUN_DIR/checkpoints/best.ckpt",
+    "input": "a file of rows to predict: CSV/TSV/JSONL with the run's text column(s)",
+    "output": "where to write the predictions, e.g. predictions.jsonl",
+    "prompt": "the text to continue, e.g. 'ROMEO:'",
+}
+# Required values whose absence another check explains in its own words.
+EXPLAINED_ELSEWHERE = ("model.name_or_path",)
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys holding ??? in a plain container (OmegaConf.missing_keys would resolve interpolations)."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
+    return [prefix[:-1]] if node == "???" else []
+
+
+def _check_required(cfg: DictConfig, problems: list[str]) -> None:
+    """Every required value the command line left unset, named with what to give, instead of OmegaConf's
+    MissingMandatoryValue (or worse, a TypeError) from deep inside a build."""
+    for key in _missing_keys(OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)):
+        if key in EXPLAINED_ELSEWHERE or key.startswith("hydra."):
+            continue
+        hint = REQUIRED_HINTS.get(key, "a value")
+        problems.append(f"{key} is required and not set. Fix: `{key}=<{hint}>`.")
+
+
 def _check_data(cfg: DictConfig, problems: list[str]) -> None:
     if "data" not in cfg:
         return
@@ -59,11 +87,25 @@ def _check_data(cfg: DictConfig, problems: list[str]) -> None:
     _check_positive(problems, cfg, "data.num_workers", allow_zero=True)
     for key in ("data.limit_train_samples", "data.limit_val_samples", "data.limit_test_samples"):
         _check_positive(problems, cfg, key)
+    _check_training_files(cfg, problems)
     if not _get(cfg, "data.has_header") and not _get(cfg, "data.column_names"):
         problems.append(
             "data.has_header=false needs data.column_names (the names of the file's columns in order). "
             "Fix: `data.column_names=[text,label]`."
         )
+
+
+def _check_training_files(cfg: DictConfig, problems: list[str]) -> None:
+    """Training reads a train and a validation split (checkpoints and early stopping follow a validation metric):
+    both must name a file unless a hub copy (data.hub.path) provides them."""
+    if _get(cfg, "train") is False or _get(cfg, "data.hub.path"):
+        return  # evaluate/predict/generate take the run's data config from its checkpoint
+    for split in ("train", "validation"):
+        if not _get(cfg, f"data.files.{split}"):
+            problems.append(
+                f"data.files.{split} is not set: data={_get(cfg, 'data.name')} trains on a train file and selects "
+                f"checkpoints on a validation file. Fix: `data.files.{split}=<a file, relative to data.root="
+                f"{_get(cfg, 'data.root')}>`.")
 
 
 def _check_model(cfg: DictConfig, problems: list[str]) -> None:
@@ -314,7 +356,7 @@ def _check_aux_mlm(cfg: DictConfig, problems: list[str]) -> None:
     _check_positive(problems, cfg, "task.aux_mlm_weight", allow_zero=True)
 
 
-CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_data, _check_model, _check_optim, _check_run,
+CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_required, _check_data, _check_model, _check_optim, _check_run,
                                                                _check_token_classification, _check_language_modeling,
                                                                _check_seq2seq, _check_peft, _check_prompt_classification,
                                                                _check_finetune, _check_adversarial, _check_augment,

@@ -29,6 +29,12 @@ from lmlab.models import locate, resolve_package_path
 from .conftest import read_json, run_dirs, run_lmlab, tiny
 
 CONF = config_dir()
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 DIR = object()  # in a ``files`` dict: make a directory of that name instead of a file
 
 GOOD_TRAIN = "text,label\ngood film,1\nbad film,0\nfine film,1\n"
@@ -351,6 +357,23 @@ def test_cli_train_on_local_data_without_files_fails_before_any_build(tmp_path: 
     (run,) = run_dirs(tmp_path)  # Hydra makes the dir before the job validates: its config and the log only
     assert {p.name for p in run.iterdir()} == {".hydra", "train.log"}
     assert "data.files.train is not set" in (run / "train.log").read_text()
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="the error is for machines without a GPU")
+def test_gpu_trainer_without_a_gpu_names_the_setting_and_the_fix(tmp_path: Path):
+    """Lightning's own error here was "No supported gpu backend found!" after the data and model were loaded."""
+    proc = run_lmlab("train", "trainer=ddp", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert_mentions(proc.stderr, ["trainer.accelerator=gpu, but torch", "sees no GPU", "Fix: `trainer.accelerator=cpu`",
+                                  "trainer=ddp_sim"])
+    assert "data train:" not in proc.stderr, "the check comes before tokenization and the model load"
+    from omegaconf import OmegaConf
+
+    from lmlab.builders import build_eval_trainer
+
+    run_cfg = OmegaConf.create({"trainer": {"accelerator": "gpu", "precision": "bf16-mixed"}})
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu, but torch .* sees no GPU"):
+        build_eval_trainer(run_cfg, str(tmp_path))  # a run trained on a GPU, evaluated or predicted on a CPU
 
 
 # -- model paths: ModelLoadError naming the path and model.name_or_path ---------------------------------

@@ -211,10 +211,13 @@ def build_eval_trainer(run_cfg: DictConfig, output_dir: str, precision: Any = No
     ``precision`` (default: the run's trainer.precision)."""
     import lightning as L
 
-    from lmlab.precision import concrete
+    from lmlab.errors import ConfigError
+    from lmlab.precision import concrete, missing_accelerator
     from lmlab.profiling import NoOpProfiler
 
     t = run_cfg.trainer
+    if problem := missing_accelerator(str(t.accelerator)):  # e.g. a run trained on a GPU, scored on a laptop
+        raise ConfigError([problem])
     precision = concrete(t.precision if precision is None else precision, str(t.accelerator))
     return L.Trainer(accelerator=t.accelerator, devices=1, precision=precision, logger=False,
                      profiler=NoOpProfiler(), enable_checkpointing=False,

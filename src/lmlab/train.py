@@ -155,6 +155,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run.ensure_fresh()
     previous = run.read_meta()
     wandb_id = previous.get("wandb_id") or secrets.token_hex(4)
+    from lmlab.precision import missing_accelerator
+
+    if problem := missing_accelerator(str(cfg.trainer.accelerator)):
+        raise ConfigError([problem])
     precision = settle_precision(cfg, previous.get("precision") if same_dir else None)
     cpu_dropout = settle_cpu_dropout(cfg, previous if same_dir else None)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -169,6 +169,16 @@ def test_compose_job_validates_like_the_cli(tmp_path: Path):
     assert compose_job(["data.batch_size=0"], output_dir=tmp_path / "run", check=False).data.batch_size == 0
 
 
+def test_sweep_with_cfg_says_how_to_print_a_job_config(tmp_path: Path):
+    """Hydra's answer was a ValueError traceback ("Only one of --run, --multirun, --cfg ...")."""
+    proc = subprocess.run([sys.executable, "-m", "lmlab", "train", "-m", "seed=1,2", "--cfg", "job"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "-m (a sweep) and --cfg cannot be combined" in proc.stderr
+    assert "Fix: drop -m and give one value per swept key (`lmlab train seed=1 --cfg job`)" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_cli_typo_exits_nonzero_with_the_key_named(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "lmlab", "train", "trainer.max_epoch=3"], cwd=tmp_path,
                           capture_output=True, text=True)

@@ -69,6 +69,20 @@ def _refuse_existing_run_dir(args: list[str]) -> None:
         RunDir(str(Path(value.strip("'\"")).expanduser())).ensure_fresh()
 
 
+def _refuse_conflicting_modes(args: list[str], command: str) -> None:
+    """Hydra does one of run, multirun (-m), --cfg, --info per command, and says so with a bare ValueError."""
+    from lmlab.errors import ConfigError
+
+    multirun = "-m" in args or "--multirun" in args
+    shows = [flag for flag in ("--cfg", "-c", "--info", "-i") if flag in args]
+    if multirun and shows:
+        show = "--cfg job" if shows[0] in ("--cfg", "-c") else "--info"
+        raise ConfigError([
+            f"-m (a sweep) and {shows[0]} cannot be combined: Hydra either runs a sweep or prints a config. Fix: "
+            f"drop -m and give one value per swept key (`lmlab {command} seed=1 {show}`); each job of a sweep keeps "
+            "its own config in <run dir>/.hydra/config.yaml."])
+
+
 def _refuse_unusable_output(args: list[str]) -> None:
     """Before Hydra creates the run dir: a task_name that is not a plain name, or an output location that
     cannot be written (read-only, a file in the path, /proc), fails with one message instead of a traceback."""
@@ -189,6 +203,7 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
     register_config_nodes()
     if not _is_child_rank():
         try:
+            _refuse_conflicting_modes(sys.argv[1:], config_name)
             _refuse_existing_run_dir(sys.argv[1:])
             _refuse_unusable_output(sys.argv[1:])
         except LmlabError as error:

@@ -16,7 +16,7 @@ import pytest
 
 from lmlab.sweep.optuna_sweeper import grid_values, search_space, trial_value
 
-from .conftest import DATA_ROOT, REPO, cli_env, read_json, run_lmlab, tiny
+from .conftest import DATA_ROOT, REPO, cli_env, read_json, run_dirs, run_lmlab, tiny
 
 # The rigged objective: the validation split *is* the 64-row training file, so val/loss falls fast with a
 # usable lr and stays at ln 2 with a tiny one; a median pruner that starts after one trial then prunes the
@@ -273,3 +273,12 @@ def test_failed_trials_do_not_stop_the_search_in_parallel_workers(workdir: Path)
     assert sorted(by_lr) == [-1.0, 1e-3, 3e-3]
     assert by_lr[-1.0].state.name == "FAIL" and "must be > 0" in by_lr[-1.0].user_attrs["fail_reason"]
     assert by_lr[1e-3].state.name == by_lr[3e-3].state.name == "COMPLETE"
+
+
+def test_search_config_without_m_runs_one_job_and_says_so(tmp_path: Path):
+    """How a best trial's override line is rerun; a user who forgot -m learns that no search started."""
+    proc = run_lmlab("train", *tiny("hparams_search=sst2_grid", "debug=fast_dev_run"), cwd=tmp_path)
+    assert ("hparams_search=sst2_grid without -m: one run with the search's settings, no search. "
+            "To search: lmlab train -m hparams_search=sst2_grid") in proc.stdout + proc.stderr
+    assert len(run_dirs(tmp_path)) == 1
+    assert not (tmp_path / "outputs" / "sequence_classification" / "studies").exists()

@@ -69,6 +69,17 @@ def _refuse_existing_run_dir(args: list[str]) -> None:
         RunDir(str(Path(value.strip("'\"")).expanduser())).ensure_fresh()
 
 
+def _note_search_without_sweep() -> None:
+    """hparams_search=X without -m runs one job with the search's settings (how a best trial's override line is
+    rerun), not a search: say so, since a user who forgot -m would otherwise wait for a search that never starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    search = HydraConfig.get().runtime.choices.get("hparams_search") if HydraConfig.initialized() else None
+    if search:
+        log.warning("hparams_search=%s without -m: one run with the search's settings, no search. "
+                    "To search: lmlab train -m hparams_search=%s", search, search)
+
+
 def _refuse_conflicting_modes(args: list[str], command: str) -> None:
     """Hydra does one of run, multirun (-m), --cfg, --info per command, and says so with a bare ValueError."""
     from lmlab.errors import ConfigError
@@ -222,6 +233,7 @@ def run_app(config_name: str, task: Callable[[Any], Any]) -> None:
             if keep_large_allocations_on_the_heap():
                 log.debug("glibc malloc: large blocks stay on the heap (LMLAB_MALLOC=default turns this off)")
             if not multirun:
+                _note_search_without_sweep()
                 return task(cfg)
             # DDP workers of a sweep job run that job (not the sweep); a SLURM-requeued job resumes its run dir.
             from lmlab import cluster

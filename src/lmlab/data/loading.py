@@ -226,8 +226,10 @@ def require_columns(ds: Any, columns: list[str], source: str, split: str) -> Non
                 f"Fix: set data.format={'tsv' if found == chr(9) else 'csv'} (or the matching format)."
             )
     if missing:
+        # A file without a header line (e.g. one text per line) reads its first row as the column names.
+        names = ",".join(missing) if len(missing) == len(ds.column_names) else "<its columns in order>"
         raise DataError(
             f"The {split} data {source} has no column(s) {missing}; its columns are {ds.column_names}. Fix: "
-            "set data.text_column / data.text_pair_column / data.label_column to the right names (or "
-            "data.column_names for a header-less file)."
+            "set data.text_column / data.text_pair_column / data.label_column to the right names, or, if the "
+            f"file has no header line, `data.has_header=false data.column_names=[{names}]`."
         )

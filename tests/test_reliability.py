@@ -162,6 +162,27 @@ def test_truncated_checkpoint_names_the_file_and_the_good_ones_beside_it(tmp_pat
     assert f"Checkpoint {bad} is truncated or corrupted" in message and "last.ckpt" in message
 
 
+@pytest.mark.parametrize("given", [".", "export", "checkpoints"])
+def test_a_run_directory_given_as_checkpoint_points_to_its_best_ckpt(tmp_path: Path, given: str):
+    """`ckpt_path=RUN_DIR` or `RUN_DIR/export` said "does not exist" for a path that exists."""
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    for name in ("last.ckpt", "best.ckpt"):
+        torch.save({"state_dict": {}}, run / "checkpoints" / name)
+    path = (run / given).resolve()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"ckpt_path={path} is a directory, not a checkpoint file; its run's checkpoints are in "
+                              f"{run / 'checkpoints'}: ['best.ckpt', 'last.ckpt']. "
+                              f"Fix: ckpt_path={run / 'checkpoints' / 'best.ckpt'}.")
+    with pytest.raises(CheckpointError, match=r"^model.init_from=.* Fix: model.init_from=.*best.ckpt\.$"):
+        load_checkpoint(path, key="model.init_from")
+    (tmp_path / "empty" / "inner").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"is a directory with no \.ckpt file in or beside it"):
+        load_checkpoint(tmp_path / "empty" / "inner")
+
+
 def test_secrets_from_env_and_config_never_reach_the_run_dir(tmp_path: Path):
     env_secret, config_secret = "env-s3cr3t-7f1d", "cfg-s3cr3t-92ab"
     env = cli_env(WANDB_API_KEY=env_secret, HF_TOKEN=env_secret)

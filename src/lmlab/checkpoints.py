@@ -25,7 +25,19 @@ def _good_checkpoints_near(path: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.ckpt") if p != path) if folder.is_dir() else []
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+def _directory_given(path: Path, key: str) -> str:
+    """The message for a directory where a .ckpt file belongs: a run dir, its export/ or its checkpoints/."""
+    for folder in (path, path / "checkpoints", path.parent / "checkpoints"):
+        found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        if found:
+            pick = folder / ("best.ckpt" if "best.ckpt" in found else found[0])
+            return (f"{key}={path} is a directory, not a checkpoint file; its run's checkpoints are in {folder}: "
+                    f"{found}. Fix: {key}={pick}.")
+    return f"{key}={path} is a directory with no .ckpt file in or beside it. Fix: {key}=<a .ckpt file>."
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False,
+                    key: str = "ckpt_path") -> dict[str, Any]:
     """Load a checkpoint safely; every failure names the file and the other checkpoints beside it.
 
     ``mmap=True`` maps the file instead of reading it: only the tensors a caller touches are read, so a caller
@@ -33,10 +45,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     size with Adam. Those tensors share the file's pages: copy them (load_state_dict does) before it changes.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(_directory_given(path, key))
     if not path.is_file():
         others = _good_checkpoints_near(path)
         hint = f" Checkpoints in {path.parent}: {others}." if others else ""
-        raise CheckpointError(f"Checkpoint {path} does not exist.{hint} Fix: ckpt_path=<an existing .ckpt>.")
+        raise CheckpointError(f"Checkpoint {path} does not exist.{hint} Fix: {key}=<an existing .ckpt>.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

@@ -195,7 +195,7 @@ def init_from_checkpoint(model: Any, path: str) -> dict[str, list[str]]:
     from lmlab.errors import CheckpointError
 
     ckpt_path = Path(path).expanduser()
-    checkpoint = load_checkpoint(ckpt_path, mmap=True)
+    checkpoint = load_checkpoint(ckpt_path, mmap=True, key="model.init_from")
     lmlab_metadata(checkpoint, ckpt_path)
     target = model.state_dict()
     # The task module holds the transformers model as `model`: its weights are saved as model.<name>.

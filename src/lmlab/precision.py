@@ -28,7 +28,7 @@ def on_cuda(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def missing_accelerator(accelerator: str, key: str = "trainer.accelerator") -> str | None:
+def missing_accelerator(accelerator: str) -> str | None:
     """Why ``accelerator`` cannot run here (a GPU asked for where torch sees none), with the fix; None when it can.
     Lightning's own error ("No supported gpu backend found!") names neither the setting nor the way out."""
     import torch
@@ -38,7 +38,8 @@ def missing_accelerator(accelerator: str, key: str = "trainer.accelerator") -> s
             return None
         build = ("a CPU-only build of torch" if torch.version.cuda is None
                  else f"built for CUDA {torch.version.cuda}, but no device is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)")
-        return (f"{key}={accelerator}, but torch {torch.__version__} sees no GPU ({build}). Fix: `{key}=cpu` "
+        return (f"trainer.accelerator={accelerator}, but torch {torch.__version__} sees no GPU ({build}). Fix: "
+                "`trainer.accelerator=cpu` "
                 "(or trainer=default: the GPU when there is one, else the CPU; trainer=ddp_sim runs DDP on CPU "
                 "processes); for a GPU install torch's CUDA build (README, GPU users).")
     return None

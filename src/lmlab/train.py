@@ -142,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.callbacks.preemption import Preempted
     from lmlab.errors import ConfigError
     from lmlab.loggers import finish_loggers
+    from lmlab.precision import missing_accelerator
     from lmlab.run_dir import RunDir, path_name_problem, plain_config
 
     use_hydra_logging()
@@ -155,8 +156,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run.ensure_fresh()
     previous = run.read_meta()
     wandb_id = previous.get("wandb_id") or secrets.token_hex(4)
-    from lmlab.precision import missing_accelerator
-
     if problem := missing_accelerator(str(cfg.trainer.accelerator)):
         raise ConfigError([problem])
     precision = settle_precision(cfg, previous.get("precision") if same_dir else None)

@@ -356,11 +356,10 @@ def _check_aux_mlm(cfg: DictConfig, problems: list[str]) -> None:
     _check_positive(problems, cfg, "task.aux_mlm_weight", allow_zero=True)
 
 
-CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (_check_required, _check_data, _check_model, _check_optim, _check_run,
-                                                               _check_token_classification, _check_language_modeling,
-                                                               _check_seq2seq, _check_peft, _check_prompt_classification,
-                                                               _check_finetune, _check_adversarial, _check_augment,
-                                                               _check_aux_mlm)
+CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
+    _check_required, _check_data, _check_model, _check_optim, _check_run, _check_token_classification,
+    _check_language_modeling, _check_seq2seq, _check_peft, _check_prompt_classification, _check_finetune,
+    _check_adversarial, _check_augment, _check_aux_mlm)
 
 
 def validate(cfg: DictConfig) -> None:

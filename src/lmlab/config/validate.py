@@ -98,8 +98,8 @@ def _check_data(cfg: DictConfig, problems: list[str]) -> None:
 def _check_training_files(cfg: DictConfig, problems: list[str]) -> None:
     """Training reads a train and a validation split (checkpoints and early stopping follow a validation metric):
     both must name a file unless a hub copy (data.hub.path) provides them."""
-    if _get(cfg, "train") is False or _get(cfg, "data.hub.path"):
-        return  # evaluate/predict/generate take the run's data config from its checkpoint
+    if _get(cfg, "train") is not True or _get(cfg, "data.hub.path"):
+        return  # evaluate/predict/generate (train: false) take the run's data config from its checkpoint
     for split in ("train", "validation"):
         if not _get(cfg, f"data.files.{split}"):
             problems.append(

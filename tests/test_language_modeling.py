@@ -307,6 +307,17 @@ def test_text_shorter_than_one_block_says_how_many_tokens_and_the_fix(tmp_path: 
     message = str(err.value)
     assert str(tmp_path / "valid.txt") in message and f"has {tokens} tokens" in message
     assert "data.max_length=64" in message and "data.grouping=line" in message
+    assert "more text in that file" in message and "lines read" not in message
+
+
+def test_a_line_limit_too_small_for_one_block_is_named_as_the_cause(tmp_path: Path):
+    """data.limit_val_samples=2 on a long file: the file has text enough, the limit cut it below one block."""
+    dm, _ = text_datamodule(tmp_path, {"train.txt": lines_of_text(30, 10), "valid.txt": lines_of_text(30, 10)},
+                            max_length=64, limit_val_samples=2)
+    with pytest.raises(DataError) as err:
+        dm.prepare_data()
+    assert "tokens in the 2 lines read (data.limit_val_samples=2), fewer than one block" in str(err.value)
+    assert "or a larger data.limit_val_samples (or null)." in str(err.value)
 
 
 def test_blocks_hold_every_token_of_the_text_cut_at_max_length(tmp_path: Path):

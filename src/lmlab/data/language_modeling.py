@@ -250,10 +250,14 @@ class LanguageModelingDataModule(TextDataModule):
             if writer is not None:
                 writer.finalize()
             tokens = int(numbers(encoded, "length").sum())
+            limit = self._limit(split)
+            key = f"data.limit_{split.replace('validation', 'val')}_samples"
+            read = f" in the {limit} lines read ({key}={limit})" if limit is not None else ""
+            more = f"a larger {key} (or null)" if limit is not None else "more text in that file"
             raise DataError(
-                f"The {split} data {self._source(split)} has {tokens} tokens, fewer than one block of "
+                f"The {split} data {self._source(split)} has {tokens} tokens{read}, fewer than one block of "
                 f"data.max_length={size} tokens, so data.grouping=block makes no example from it. Fix: "
-                f"data.max_length={tokens} (or less), data.grouping=line, or more text in that file."
+                f"data.max_length={tokens} (or less), data.grouping=line, or {more}."
             )
         if writer is None:
             return datasets.Dataset(pa.concat_tables(tables))

@@ -134,6 +134,9 @@ def test_tapt_recipe_two_steps_one_sentence_per_example_untied_decoder(workdir: 
            *QUIET, cwd=workdir)
     (run,) = run_dirs(workdir, "masked_lm")
     assert read_json(run / "metrics.json")["global_step"] == 2
+    assert ("no best checkpoint (no validation ran before training stopped, e.g. trainer.max_steps inside the first "
+            "epoch): the test and the export use the weights at the end of training (step 2)") in (
+        run / "train.log").read_text()
     train = read_json(run / "run.json")["data"]["train"]
     assert train["rows"] == 256 and train["max_tokens"] < 128  # sentences, not full blocks
     assert read_json(run / "export" / "config.json")["tie_word_embeddings"] is False

@@ -309,3 +309,15 @@ def test_train_loss_is_logged_on_the_logging_steps_and_the_last_one(workdir: Pat
     assert train["loss"] == pytest.approx(losses[-1], abs=1e-6)
     assert train["loss"] != pytest.approx(losses[5], abs=1e-6)
     assert 0.0 < train["acc"] <= 1.0
+
+
+def test_no_best_checkpoint_is_explained_by_the_checkpoint_callbacks():
+    """The warning when the test and export fall back to the final weights names the cause."""
+    from types import SimpleNamespace
+
+    from lmlab.train import _why_no_best
+
+    step_only = SimpleNamespace(checkpoint_callbacks=[SimpleNamespace(monitor=None)])  # ~callbacks.checkpoint
+    monitored = SimpleNamespace(checkpoint_callbacks=[SimpleNamespace(monitor=None), SimpleNamespace(monitor="val/acc")])
+    assert _why_no_best(step_only).endswith("callbacks.checkpoint is off")
+    assert _why_no_best(monitored).startswith("no validation ran before training stopped")

@@ -111,6 +111,12 @@ def _best_checkpoint(trainer: Any) -> dict[str, Any]:
             "score": float(cb.best_model_score) if cb.best_model_score is not None else None}
 
 
+def _why_no_best(trainer: Any) -> str:
+    if not any(cb.monitor for cb in trainer.checkpoint_callbacks):
+        return "no checkpoint callback follows a validation metric: callbacks.checkpoint is off"
+    return "no validation ran before training stopped, e.g. trainer.max_steps inside the first epoch"
+
+
 def export_pretrained(module: Any, tokenizer: Any, best: dict[str, Any], out_dir: Path) -> Path:
     """save_pretrained of the best weights + tokenizer + label map, loadable without lmlab."""
     import json
@@ -284,6 +290,9 @@ def _fit_test_export(cfg: DictConfig, config: dict[str, Any], run: Any, resume_c
         if best:
             metrics["val"] = _final_metrics(trainer.validate(module, datamodule=datamodule,
                                                              ckpt_path=best["path"], verbose=False))
+        elif not cfg.trainer.fast_dev_run:
+            log.warning("no best checkpoint (%s): the test and the export use the weights at the end of training "
+                        "(step %d)", _why_no_best(trainer), trainer.global_step)
     if cfg.test and "test" in datamodule.splits:
         metrics["test"] = _final_metrics(trainer.test(module, datamodule=datamodule,
                                                       ckpt_path=best.get("path"), verbose=False))

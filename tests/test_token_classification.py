@@ -496,3 +496,36 @@ def test_predict_writes_tags_per_word_that_score_as_the_test_metrics(ner_run: Pa
         assert f1_score(gold, pred) == pytest.approx(test["test/entity_f1"], abs=1e-6)
         assert precision_score(gold, pred) == pytest.approx(test["test/entity_precision"], abs=1e-6)
     assert accuracy_score(gold, pred) == pytest.approx(test["test/token_acc"], abs=1e-6)
+
+
+def test_running_text_is_refused_as_conll_and_read_with_data_format_text(tmp_path: Path):
+    """Sentences on lines used to parse as CoNLL (the first word the token, the last the tag): tagged garbage."""
+    from lmlab.data.conll import load_conll, load_sentences
+
+    cfg = ner_cfg(tmp_path)
+    text = tmp_path / "sentences.txt"
+    text.write_text("Hello world from Paris\nI love New York\n")  # same word count: passes the column check
+    with pytest.raises(DataError, match=r"sentences.txt line 1: its tag column holds 'Paris', not a tag.*"
+                                        r"Fix: `data.format=text`"):
+        load_conll(text, cfg, "predict")
+    text.write_text("Hello world from Paris\n\n  \nI love   New York\n")
+    ds = load_sentences(text, cfg, "predict")
+    assert ds[cfg.text_column] == [["Hello", "world", "from", "Paris"], ["I", "love", "New", "York"]]
+    assert ds["conll_line"] == [1, 4]
+    with pytest.raises(DataError, match="only `lmlab predict` takes; the train split needs tagged words"):
+        load_sentences(text, cfg, "train")
+
+
+def test_predict_reads_running_text_and_a_jsonl_input_to_a_conll_trained_run(ner_run: Path, tmp_path: Path):
+    """data.format=text: a sentence per line; a .jsonl input is read as JSONL though the run trained on CoNLL."""
+    sentences = [words for words, _ in read_conll_sentences(DATA_ROOT / "wnut17" / "emerging.test.annotated")[:8]]
+    (tmp_path / "in.txt").write_text("".join(" ".join(words) + "\n" for words in sentences))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"tokens": words}) + "\n" for words in sentences))
+    outputs = []
+    for name, extra in (("in.txt", ["data.format=text"]), ("in.jsonl", [])):
+        out = tmp_path / f"{name}.out"
+        run_lmlab("predict", f"ckpt_path={ner_run}/checkpoints/best.ckpt", f"input={tmp_path / name}",
+                  f"output={out}", *extra, cwd=tmp_path)
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [line["tokens"] for line in outputs[0]] == sentences
+    assert outputs[0] == outputs[1]

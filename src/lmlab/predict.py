@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.app import run_app
 from lmlab.errors import RunDirError
 
+UNAMBIGUOUS_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".conll")
 log = logging.getLogger("lmlab.predict")
 
 
@@ -27,8 +28,12 @@ def predict(cfg: DictConfig) -> Path:
     if output.exists() and not cfg.overwrite:
         raise RunDirError(f"output={output} already exists; lmlab does not overwrite it. Fix: another output= "
                           "path, or overwrite=true.")
-    # The input file replaces the data files; the columns and parsing options are the checkpoint's.
-    data_override = OmegaConf.create({"files": {"predict": str(Path(str(cfg.input)).expanduser().resolve())}})
+    # The input file replaces the data files; the columns and parsing options are the checkpoint's, except
+    # the format where the input's extension names one (a JSONL input to a run trained on CoNLL files).
+    input_path = Path(str(cfg.input)).expanduser().resolve()
+    data_override = OmegaConf.create({"files": {"predict": str(input_path)}})
+    if (fmt := input_format(input_path)) is not None:
+        data_override.format = fmt
     module, datamodule, _, run_cfg, meta = restore_task(cfg, splits=())
     data_cfg = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True)), data_override)
     datamodule.cfg = data_cfg
@@ -48,6 +53,19 @@ def predict(cfg: DictConfig) -> Path:
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     log.info("wrote %d predictions to %s", len(records), output)
     return output
+
+
+def input_format(path: Path) -> str | None:
+    """The format ``path``'s extension names unambiguously (.jsonl, .json, .csv, .tsv, .conll), unless data.format
+    is given on the command line; None keeps the run's (a .txt may be CoNLL, TSV or running text)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab.data.loading import EXTENSIONS
+
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if any(o.split("=", 1)[0].lstrip("+~") == "data.format" for o in given):
+        return None
+    return EXTENSIONS.get(path.suffix.lower()) if path.suffix.lower() in UNAMBIGUOUS_SUFFIXES else None
 
 
 def predict_precision(cfg: DictConfig, run_cfg: DictConfig, module: Any) -> Any:

@@ -3,7 +3,8 @@
 Columns are separated by tabs when the file's first token line has a tab (WNUT'17), else by runs of spaces
 (CoNLL-2003's ``token POS chunk NER``). Every token line must have as many columns as the first one;
 ``-DOCSTART-`` lines end the current sentence and are skipped. A file whose lines all hold one column is
-tokens only, accepted for ``lmlab predict`` input. Each sentence remembers the line number of its first
+tokens only, accepted for ``lmlab predict`` input, as is running text (``load_sentences``, data.format=text: a
+sentence per line). Each sentence remembers the line number of its first
 token, so later checks (tags outside the scheme, ...) can name the exact line.
 """
 
@@ -40,7 +41,8 @@ def _column_error(path: Path, number: int, line: str, columns: list[str], expect
     return DataError(
         f"{path} line {number}: {found}. Every token line needs the same columns (`token ... tag`, separated by a "
         "tab or by spaces), with a blank line between sentences. Fix: correct that line (an empty field, a "
-        "stray space in a tab-separated file, two sentences without the blank line between them)."
+        "stray space in a tab-separated file, two sentences without the blank line between them); for "
+        "`lmlab predict` on running text (a sentence per line), data.format=text."
     )
 
 
@@ -97,6 +99,41 @@ def read_conll(path: Path, encoding: str, tag_column_index: int, need_tags: bool
     return sentences
 
 
+def _looks_like_a_tag(value: str) -> bool:
+    return value == "O" or value[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")
+
+
+def check_predict_tags(path: Path, sentences: list[_Sentence]) -> None:
+    """A predict input's tag column, if it has one, must hold tags: running text (a sentence per line, words
+    separated by spaces) parses as CoNLL lines whose last word is taken for the tag, and would be tagged as
+    one long sentence of first words."""
+    tags = [tag for s in sentences for tag in s.tags]
+    if tags and not any(_looks_like_a_tag(tag) for tag in tags):
+        first = sentences[0]
+        raise DataError(
+            f"{path} line {first.first_line}: its tag column holds {first.tags[0]!r}, not a tag, and so does every "
+            "line: this looks like running text, not CoNLL. Fix: `data.format=text` (one sentence per line, words "
+            "split on spaces), or a CoNLL file (one token per line, a blank line between sentences)."
+        )
+
+
+def load_sentences(path: Path, data_cfg: Any, split: str) -> Any:
+    """Running text as token-classification input (data.format=text): one sentence per non-blank line, words
+    split on whitespace. Only for `lmlab predict`: such a file has no tags to train or score on."""
+    import datasets
+
+    if split != "predict":
+        raise DataError(
+            f"data.format=text ({path}) gives sentences without tags, which only `lmlab predict` takes; the {split} "
+            "split needs tagged words. Fix: a CoNLL file (`token<TAB>tag` lines) or JSONL {\"tokens\", \"tags\"}.")
+    with open(path, encoding=data_cfg.encoding, newline=None) as f:
+        rows = [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
+    if not rows:
+        raise DataError(f"{path} holds no text (only blank lines). Fix: input=<a file with a sentence per line>.")
+    return datasets.Dataset.from_dict({data_cfg.text_column: [words for _, words in rows],
+                                       LINE_COLUMN: [number for number, _ in rows]})
+
+
 def load_conll(path: Path, data_cfg: Any, split: str) -> Any:
     """A CoNLL file as a datasets.Dataset with columns data.text_column (tokens), data.label_column (tags,
     absent for a tokens-only predict input) and ``conll_line``."""
@@ -109,6 +146,8 @@ def load_conll(path: Path, data_cfg: Any, split: str) -> Any:
             "data=conll2003 with data.root/data.files pointing at your files)."
         )
     sentences = read_conll(path, data_cfg.encoding, int(data_cfg.tag_column_index), need_tags=split != "predict")
+    if split == "predict":
+        check_predict_tags(path, sentences)
     columns: dict[str, list[Any]] = {data_cfg.text_column: [s.tokens for s in sentences],
                                      LINE_COLUMN: [s.first_line for s in sentences]}
     if sentences[0].tags:

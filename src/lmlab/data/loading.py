@@ -140,6 +140,10 @@ def load_file(path: Path, data_cfg: DictConfig, split: str, cache_dir: str | Non
 
     check_readable(path, split, data_cfg.encoding)
     fmt = detect_format(path, data_cfg.format)
+    if fmt == "text" and "tag_column_index" in data_cfg:  # running text to tag (NER predict): data/conll.py
+        from lmlab.data.conll import load_sentences
+
+        return load_sentences(path, data_cfg, split)
     if fmt == "text":  # plain text, one row per line (language modeling): see data/text.py
         from lmlab.data.text import load_text
 

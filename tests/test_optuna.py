@@ -280,5 +280,10 @@ def test_search_config_without_m_runs_one_job_and_says_so(tmp_path: Path):
     proc = run_lmlab("train", *tiny("hparams_search=sst2_grid", "debug=fast_dev_run"), cwd=tmp_path)
     assert ("hparams_search=sst2_grid without -m: one run with the search's settings, no search. "
             "To search: lmlab train -m hparams_search=sst2_grid") in proc.stdout + proc.stderr
-    assert len(run_dirs(tmp_path)) == 1
+    (run,) = run_dirs(tmp_path)
     assert not (tmp_path / "outputs" / "sequence_classification" / "studies").exists()
+    from omegaconf import OmegaConf
+
+    # the search's own settings apply to the one run: its pruning callback (a no-op outside a sweep)
+    callbacks = OmegaConf.load(run / "config_resolved.yaml").callbacks
+    assert callbacks.optuna_pruning._target_ == "lmlab.sweep.optuna_pruning.OptunaPruning"

@@ -27,7 +27,8 @@ def _child_rank_overrides() -> list[str]:
     return [f"hydra.job_logging.handlers.file.filename={os.devnull}"] if _is_child_rank() else []
 
 
-def _override_key(arg: str) -> str:
+def override_key(arg: str) -> str:
+    """The key of a command-line override (`+a.b=1` -> `a.b`)."""
     return arg.split("=", 1)[0].lstrip("+~")
 
 
@@ -39,7 +40,7 @@ def _resume_overrides(args: list[str]) -> list[str]:
     import time
     from pathlib import Path
 
-    value = next((a.split("=", 1)[1] for a in args if _override_key(a) == "resume" and "=" in a), None)
+    value = next((a.split("=", 1)[1] for a in args if override_key(a) == "resume" and "=" in a), None)
     if not value or value == "null" or "-m" in args or "--multirun" in args:
         return args
     run_dir = Path(value).expanduser().resolve()
@@ -48,9 +49,9 @@ def _resume_overrides(args: list[str]) -> list[str]:
         return args  # a .ckpt file, or not a run dir: train() reports what is wrong
     from omegaconf import OmegaConf
 
-    given = {_override_key(a) for a in args if "=" in a}
-    previous = [o for o in OmegaConf.load(saved) if _override_key(o) not in given
-                and _override_key(o) != "resume" and not _override_key(o).startswith("hydra")]
+    given = {override_key(a) for a in args if "=" in a}
+    previous = [o for o in OmegaConf.load(saved) if override_key(o) not in given
+                and override_key(o) != "resume" and not override_key(o).startswith("hydra")]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return [*previous, *args, f"hydra.run.dir=\"{run_dir}\"", f"hydra.output_subdir=.hydra/resume-{stamp}"]
 
@@ -62,9 +63,9 @@ def _refuse_existing_run_dir(args: list[str]) -> None:
 
     from lmlab.run_dir import RunDir
 
-    if "-m" in args or "--multirun" in args or any(_override_key(a) == "resume" for a in args):
+    if "-m" in args or "--multirun" in args or any(override_key(a) == "resume" for a in args):
         return
-    value = next((a.split("=", 1)[1] for a in args if _override_key(a) == "hydra.run.dir" and "=" in a), None)
+    value = next((a.split("=", 1)[1] for a in args if override_key(a) == "hydra.run.dir" and "=" in a), None)
     if value:
         RunDir(str(Path(value.strip("'\"")).expanduser())).ensure_fresh()
 
@@ -103,7 +104,7 @@ def _refuse_unusable_output(args: list[str]) -> None:
     from lmlab.errors import ConfigError
     from lmlab.run_dir import check_creatable, path_name_problem
 
-    given = {_override_key(a): a.split("=", 1)[1].strip("'\"") for a in args if "=" in a}
+    given = {override_key(a): a.split("=", 1)[1].strip("'\"") for a in args if "=" in a}
     if "task_name" in given and (problem := path_name_problem("task_name", given["task_name"])):
         raise ConfigError([problem])
     if "resume" in given:

@@ -60,12 +60,14 @@ def input_format(path: Path) -> str | None:
     is given on the command line; None keeps the run's (a .txt may be CoNLL, TSV or running text)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from lmlab.app import override_key
     from lmlab.data.loading import EXTENSIONS
 
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    if any(o.split("=", 1)[0].lstrip("+~") == "data.format" for o in given):
+    suffix = path.suffix.lower()
+    if suffix not in UNAMBIGUOUS_SUFFIXES or any(override_key(o) == "data.format" for o in given):
         return None
-    return EXTENSIONS.get(path.suffix.lower()) if path.suffix.lower() in UNAMBIGUOUS_SUFFIXES else None
+    return EXTENSIONS[suffix]
 
 
 def predict_precision(cfg: DictConfig, run_cfg: DictConfig, module: Any) -> Any:

@@ -180,6 +180,11 @@ class TextDataModule(L.LightningDataModule):
         return {"train": self.cfg.limit_train_samples, "validation": self.cfg.limit_val_samples,
                 "test": self.cfg.limit_test_samples}.get(split)
 
+    @staticmethod
+    def _limit_key(split: str) -> str:
+        """The config key of ``split``'s row limit (``_limit``), for messages."""
+        return f"data.limit_{split.replace('validation', 'val')}_samples"
+
     def select_rows(self, raw: Any, split: str) -> Any:
         """The raw rows to encode: data.limit_*_samples of them (train: a seeded random subset)."""
         limit = self._limit(split)

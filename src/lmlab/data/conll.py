@@ -100,6 +100,8 @@ def read_conll(path: Path, encoding: str, tag_column_index: int, need_tags: bool
 
 
 def _looks_like_a_tag(value: str) -> bool:
+    """Any tagging scheme's tag (BIOES too), broader than split_tag's B-/I-: a predict input is refused only when
+    its tag column holds no tag at all."""
     return value == "O" or value[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")
 
 

@@ -230,9 +230,8 @@ class LanguageModelingDataModule(TextDataModule):
         if self.cfg.grouping == "line" or self.cfg.get("next_sentence"):
             if len(encoded) == 0:
                 raise DataError(
-                    f"The {split} data {self._source(split)} has no non-blank line among the lines read (data.limit_"
-                    f"{split.replace('validation', 'val')}_samples={self._limit(split)}). Fix: raise that limit or set "
-                    "it to null.")
+                    f"The {split} data {self._source(split)} has no non-blank line among the lines read "
+                    f"({self._limit_key(split)}={self._limit(split)}). Fix: raise that limit or set it to null.")
             return encoded
         import datasets
         from datasets.arrow_writer import ArrowWriter
@@ -251,7 +250,7 @@ class LanguageModelingDataModule(TextDataModule):
                 writer.finalize()
             tokens = int(numbers(encoded, "length").sum())
             limit = self._limit(split)
-            key = f"data.limit_{split.replace('validation', 'val')}_samples"
+            key = self._limit_key(split)
             read = f" in the {limit} lines read ({key}={limit})" if limit is not None else ""
             more = f"a larger {key} (or null)" if limit is not None else "more text in that file"
             raise DataError(
